@@ -1,0 +1,80 @@
+"""bnfold: fold BatchNorm into neighbouring linear layers and strip Dropout, exactly.
+
+Public API::
+
+    import bnfold
+    result = bnfold.fold("model.onnx")        # or an onnx.ModelProto, onnx_ir.Model, nn.Module
+    result.save("model.folded.onnx")
+    print(result.report.describe())
+    ok = bnfold.verify("model.onnx", "model.folded.onnx")   # truthy when equivalent
+    timing = bnfold.bench("model.folded.onnx")
+
+Heavy dependencies (onnxruntime, torch) are imported only when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from bnfold.errors import (
+    BnfoldError,
+    InputError,
+    NotEquivalentError,
+    OutputError,
+    VerificationError,
+)
+from bnfold.report import FoldReport, ReportEntry
+
+__all__ = [
+    "BnfoldError",
+    "FoldReport",
+    "InputError",
+    "NotEquivalentError",
+    "OutputError",
+    "ReportEntry",
+    "VerificationError",
+    "__version__",
+    "bench",
+    "fold",
+    "verify",
+]
+
+
+def fold(model: Any, **options: Any) -> Any:
+    """Fold BatchNorm and strip Dropout in an ONNX model or a torch ``nn.Module``.
+
+    ONNX input (a path, ``onnx.ModelProto`` or ``onnx_ir.Model``) returns an
+    :class:`bnfold.onnx.api.OnnxFoldResult`; an ``nn.Module`` returns a
+    :class:`bnfold.torch.api.TorchFoldResult`. Both carry ``.model``, ``.report``
+    and ``.save(path)``.
+    """
+    if _is_torch_module(model):
+        from bnfold.torch.api import fold_module
+
+        return fold_module(model, **options)
+    from bnfold.onnx.api import fold_onnx
+
+    return fold_onnx(model, **options)
+
+
+def verify(reference: Any, candidate: Any, **options: Any) -> Any:
+    """Compare two ONNX models in onnxruntime (ORT_DISABLE_ALL); see bnfold.verify.api."""
+    from bnfold.verify.api import verify as _verify
+
+    return _verify(reference, candidate, **options)
+
+
+def bench(model: Any, **options: Any) -> Any:
+    """Measure onnxruntime latency of a model (optionally against another); see bnfold.bench."""
+    from bnfold.bench.api import bench as _bench
+
+    return _bench(model, **options)
+
+
+def _is_torch_module(obj: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)

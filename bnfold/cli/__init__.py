@@ -1,0 +1,1 @@
+"""Command-line front end: each command translates options into one library call."""

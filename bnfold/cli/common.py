@@ -1,0 +1,78 @@
+"""Shared CLI plumbing: error translation, JSON output, stderr console."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(func: F) -> F:
+    """Turn BnfoldError (and a few OS errors) into a one-line message and its exit code.
+
+    Unexpected exceptions still surface as a one-line message with exit code 2, plus a
+    hint to rerun with BNFOLD_DEBUG=1 for the traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bnfold.errors import EXIT_BAD_INPUT, BnfoldError
+
+        try:
+            return func(*args, **kwargs)
+        except BnfoldError as err:
+            fail(str(err), err.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except MemoryError:
+            fail("out of memory", EXIT_BAD_INPUT)
+        except Exception as err:  # the last line of defence: never a traceback
+            import os
+
+            if os.environ.get("BNFOLD_DEBUG"):
+                raise
+            fail(
+                f"internal error: {type(err).__name__}: {err} (set BNFOLD_DEBUG=1 for details)",
+                EXIT_BAD_INPUT,
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int) -> None:
+    """Print ``bnfold: error: message`` on one line to stderr and exit with ``code``."""
+    first_line = " ".join(str(message).split())
+    click.echo(f"bnfold: error: {first_line}", err=True)
+    sys.exit(code)
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` as indented JSON to stdout."""
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def stderr_console() -> Any:
+    """A rich Console on stderr (progress and tables that must not pollute --json)."""
+    from rich.console import Console
+
+    return Console(stderr=True)

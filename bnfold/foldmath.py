@@ -1,0 +1,158 @@
+"""Framework-free BatchNorm folding math (numpy only, float64 throughout).
+
+BN(y) = γ·(y − μ)/√(σ² + ε) + β = s·y + t with s = γ/√(σ²+ε), t = β − μ·s.
+
+Producer folds scale a layer's *output* channels; consumer folds scale its *input*
+channels. Both the ONNX and the PyTorch sides use these functions, so weight
+layouts follow the shared convention: Conv ``(C_out, C_in/g, k…)``, ConvTranspose
+``(C_in, C_out/g, k…)``, Linear ``(out, in)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
+BF16_MAX = 3.3895313892515355e38
+
+
+def check_bn_params(
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+    channels: int | None = None,
+) -> str | None:
+    """Return why these BN parameters cannot be folded, or None when they can."""
+    arrays = {"scale": gamma, "bias": beta, "mean": mean, "var": var}
+    for name, arr in arrays.items():
+        if arr.ndim != 1:
+            return f"BN {name} has shape {tuple(arr.shape)}, expected 1-D per-channel"
+    sizes = {name: arr.shape[0] for name, arr in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        return f"BN parameter lengths differ: {sizes}"
+    if channels is not None and gamma.shape[0] != channels:
+        return f"BN has {gamma.shape[0]} channels but the layer produces {channels}"
+    for name, arr in arrays.items():
+        if not np.all(np.isfinite(arr)):
+            return f"BN {name} contains NaN or Inf"
+    if not np.isfinite(eps):
+        return "BN epsilon is not finite"
+    denom = var.astype(np.float64) + np.float64(eps)
+    if np.any(denom <= 0):
+        return "BN variance + epsilon ≤ 0 for some channel"
+    return None
+
+
+def bn_scale_shift(
+    gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (s, t) in float64 such that BN(y) = s·y + t."""
+    g, b, m, v = (np.asarray(a, dtype=np.float64) for a in (gamma, beta, mean, var))
+    s = g / np.sqrt(v + np.float64(eps))
+    return s, b - m * s
+
+
+def broadcast_along(vec: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Reshape a 1-D vector so it broadcasts along ``axis`` of an ``ndim``-D array."""
+    shape = [1] * ndim
+    shape[axis] = vec.shape[0]
+    return vec.reshape(shape)
+
+
+def scale_output_channels(weight: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
+    """W' = W·s along the weight's output-channel ``axis`` (float64 result)."""
+    w = np.asarray(weight, dtype=np.float64)
+    return w * broadcast_along(scale, w.ndim, axis)
+
+
+def scale_conv_transpose_output(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
+    """Scale ConvTranspose weights ``(C_in, C_out/g, k…)`` by output channel.
+
+    Output channel ``o = gi·(C_out/g) + j`` lives in rows of group ``gi`` at column ``j``.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    c_in, c_out_g = w.shape[0], w.shape[1]
+    kernel = w.shape[2:]
+    grouped = w.reshape((group, c_in // group, c_out_g, *kernel))
+    s = scale.reshape((group, 1, c_out_g) + (1,) * len(kernel))
+    return (grouped * s).reshape(w.shape)
+
+
+def fold_output_bias(bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """b' = b·s + t (b = 0 when absent), float64."""
+    if bias is None:
+        return shift.astype(np.float64).copy()
+    return np.asarray(bias, dtype=np.float64) * scale + shift
+
+
+def expand_input_scale_conv(vec: np.ndarray, c_out: int, group: int) -> np.ndarray:
+    """Map a per-input-channel vector to Conv weight's ``(C_out, C_in/g)`` layout."""
+    c_in = vec.shape[0]
+    per_group = vec.reshape(group, c_in // group)  # (g, C_in/g)
+    return np.repeat(per_group, c_out // group, axis=0)  # (C_out, C_in/g)
+
+
+def fold_conv_input_affine(
+    weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray, group: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conv(s·x + t) = Conv'(x) for an unpadded Conv with weights ``(C_out, C_in/g, k…)``.
+
+    W' = W·s over input channels; b' = b + Σ_{j,k} W[o, j, k]·t[g(o)·C_in/g + j].
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    c_out = w.shape[0]
+    kernel_axes = tuple(range(2, w.ndim))
+    s = expand_input_scale_conv(np.asarray(scale, np.float64), c_out, group)
+    t = expand_input_scale_conv(np.asarray(shift, np.float64), c_out, group)
+    s_full = s.reshape(s.shape + (1,) * len(kernel_axes))
+    new_w = w * s_full
+    extra = (w.sum(axis=kernel_axes) * t).sum(axis=1) if kernel_axes else (w * t).sum(axis=1)
+    base = np.zeros(c_out) if bias is None else np.asarray(bias, dtype=np.float64)
+    return new_w, base + extra
+
+
+def fold_matrix_input_affine(
+    weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray, shift: np.ndarray, in_axis: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(s·x + t)·W for a 2-D weight whose input-feature axis is ``in_axis``.
+
+    Returns W' (same layout) and the bias b' = b + t·W (over output features).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    new_w = w * broadcast_along(np.asarray(scale, np.float64), 2, in_axis)
+    w_kn = w if in_axis == 0 else w.T  # (in, out)
+    extra = np.asarray(shift, np.float64) @ w_kn
+    base = np.zeros(w_kn.shape[1]) if bias is None else np.asarray(bias, dtype=np.float64)
+    return new_w, base + extra
+
+
+def cast_back(
+    folded: np.ndarray, dtype: np.dtype | type, original: np.ndarray | None = None
+) -> tuple[np.ndarray | None, str | None]:
+    """Cast float64 results to the model dtype; refuse overflow, NaN or lost values.
+
+    Returns ``(array, None)`` on success or ``(None, reason)``. ``original`` (same
+    shape) enables the underflow check: a weight that was non-zero must not become 0.
+    """
+    dtype = np.dtype(dtype)
+    if not np.all(np.isfinite(folded)):
+        return None, "folded weights would contain NaN or Inf"
+    limit = _dtype_max(dtype)
+    if limit is not None and float(np.max(np.abs(folded), initial=0.0)) > limit:
+        return None, f"folded weights exceed the {dtype.name} range (|w| > {limit:g})"
+    out = folded.astype(dtype)
+    if original is not None and original.shape == folded.shape:
+        lost = (out == 0) & (np.asarray(original) != 0) & (folded != 0)
+        if np.any(lost) and dtype.itemsize < 8:
+            return None, f"{int(lost.sum())} folded weight(s) underflow to zero in {dtype.name}"
+    return out, None
+
+
+def _dtype_max(dtype: np.dtype) -> float | None:
+    if dtype.name == "bfloat16":
+        return BF16_MAX
+    if np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).max)
+    return None
