@@ -1,0 +1,95 @@
+"""``fold_onnx``: the Python entry point of the ONNX folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from bnfold.errors import InputError, ModelLoadError, OutputError
+from bnfold.onnx import io
+from bnfold.onnx.context import FoldOptions
+from bnfold.onnx.pipeline import run_pipeline
+from bnfold.report import FoldReport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class OnnxFoldResult:
+    """The folded model (same kind as given), its report, and ``save(path)``."""
+
+    ir_model: ir.Model
+    report: FoldReport
+    source_kind: str  # "path" | "proto" | "ir"
+    source_path: Path | None = None
+
+    @property
+    def model(self) -> Any:
+        """``onnx.ModelProto`` for path/proto input, ``onnx_ir.Model`` for onnx-ir input."""
+        if self.source_kind == "ir":
+            return self.ir_model
+        return ir.serde.serialize_model(self.ir_model)
+
+    def save(self, path: str | os.PathLike[str], *, overwrite_input: bool = False) -> Path:
+        """Write atomically; refuses to overwrite the input unless ``overwrite_input``."""
+        out = Path(path)
+        source = self.source_path
+        if source is not None and not overwrite_input and io.same_file(source, out):
+            raise OutputError(
+                f"{out}: output path is the input model; choose another path "
+                "(or pass overwrite_input=True / --in-place)"
+            )
+        return io.save_model(self.ir_model, out)
+
+    def describe(self) -> str:
+        return self.report.describe()
+
+
+def fold_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto | ir.Model | bytes,
+    *,
+    allow_graph_input_params: bool = False,
+    assume_eval: bool = False,
+    max_iterations: int = 20,
+) -> OnnxFoldResult:
+    """Fold every foldable BatchNorm and strip inference Dropout.
+
+    ``model`` may be a path, serialized bytes, an ``onnx.ModelProto`` or an
+    ``onnx_ir.Model``; the input is never modified (onnx-ir input is cloned).
+    """
+    options = FoldOptions(
+        allow_graph_input_params=allow_graph_input_params,
+        assume_eval=assume_eval,
+        max_iterations=max_iterations,
+    )
+    ir_model, kind, source_path = _to_ir(model)
+    report = run_pipeline(ir_model, options)
+    return OnnxFoldResult(ir_model, report, kind, source_path)
+
+
+def _to_ir(model: Any) -> tuple[ir.Model, str, Path | None]:
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        return io.load_model(path), "path", path
+    if isinstance(model, bytes):
+        try:
+            proto = onnx.load_from_string(model)
+        except Exception as err:
+            raise ModelLoadError(f"bytes are not a valid ONNX model ({err})") from err
+        io.check_proto(proto, "model bytes")
+        return ir.serde.deserialize_model(proto), "proto", None
+    if isinstance(model, onnx.ModelProto):
+        io.check_proto(model, "model")
+        return ir.serde.deserialize_model(model), "proto", None
+    if isinstance(model, ir.Model):
+        return model.clone(), "ir", None
+    raise InputError(
+        f"cannot fold an object of type {type(model).__name__}; expected a path, bytes, "
+        "onnx.ModelProto, onnx_ir.Model or torch.nn.Module"
+    )

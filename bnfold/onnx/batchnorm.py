@@ -1,0 +1,78 @@
+"""Reading a BatchNormalization node into its frozen per-channel affine map."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold import foldmath
+from bnfold.onnx.constants import constant_array, why_not_constant
+from bnfold.onnx.context import FoldContext
+
+_PARAMS = ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))
+
+
+@dataclasses.dataclass
+class FrozenBatchNorm:
+    """BN(x) = s·x + t along axis 1 of ``x``."""
+
+    node: ir.Node
+    scale: np.ndarray  # s, float64
+    shift: np.ndarray  # t, float64
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.shape[0])
+
+
+def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
+    """The BN's (s, t) when it is a frozen inference-time BN, else the reason it is not."""
+    reason = _training_reason(ctx, node)
+    if reason is not None:
+        return reason
+    for out in node.outputs[1:]:
+        if out is not None and (out.uses() or out.is_graph_output()):
+            return "BN's running-statistics outputs are used (a training graph)"
+    if len(node.inputs) < 5 or node.inputs[0] is None:
+        return "BN is missing inputs"
+    allow = ctx.options.allow_graph_input_params
+    arrays: dict[str, np.ndarray] = {}
+    for index, what in _PARAMS:
+        value = node.inputs[index]
+        arr = constant_array(value, allow_graph_inputs=allow)
+        if arr is None:
+            return why_not_constant(value, f"BN {what}", allow_graph_inputs=allow)
+        arrays[what] = np.asarray(arr).astype(np.float64)
+    eps_attr = node.attributes.get("epsilon")
+    eps = eps_attr.as_float() if eps_attr is not None else 1e-5
+    reason = foldmath.check_bn_params(
+        arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], eps
+    )
+    if reason is not None:
+        return reason
+    s, t = foldmath.bn_scale_shift(
+        arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], eps
+    )
+    return FrozenBatchNorm(node, s, t)
+
+
+def _training_reason(ctx: FoldContext, node: ir.Node) -> str | None:
+    opset = node.version or ctx.model.opset_imports.get("", 21)
+    training = False
+    if opset < 7:
+        is_test = node.attributes.get("is_test")
+        training = is_test is None or is_test.as_int() == 0
+    mode = node.attributes.get("training_mode")
+    if mode is not None and mode.as_int() != 0:
+        training = True
+    if training and not ctx.options.assume_eval:
+        return (
+            "BN is in training mode (training_mode=1): it normalises with batch statistics; "
+            "use --assume-eval to fold with the running statistics"
+        )
+    spatial = node.attributes.get("spatial")
+    if opset < 9 and spatial is not None and spatial.as_int() == 0:
+        return "BN with spatial=0 normalises per activation, not per channel"
+    return None

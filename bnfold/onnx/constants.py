@@ -1,0 +1,80 @@
+"""Reading constant tensors out of an onnx-ir graph (initializers and Constant nodes)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+_CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+
+
+def is_onnx_op(node: ir.Node, op_type: str | tuple[str, ...]) -> bool:
+    """True when ``node`` is the default-domain operator ``op_type`` (or one of several)."""
+    types = (op_type,) if isinstance(op_type, str) else op_type
+    return node.op_type in types and node.domain in ("", "ai.onnx")
+
+
+def constant_array(
+    value: ir.Value | None, *, allow_graph_inputs: bool = False
+) -> np.ndarray | None:
+    """The value's numpy array when it is a compile-time constant, else None.
+
+    Initializers that are also graph inputs can be overridden at run time, so they
+    count as constants only with ``allow_graph_inputs``.
+    """
+    if value is None:
+        return None
+    if value.is_graph_input() and not allow_graph_inputs:
+        return None
+    if value.const_value is not None:
+        return _as_numpy(value.const_value)
+    producer = value.producer()
+    if producer is not None and is_onnx_op(producer, "Constant"):
+        return _constant_node_array(producer)
+    return None
+
+
+def why_not_constant(value: ir.Value | None, what: str, *, allow_graph_inputs: bool = False) -> str:
+    """A human reason explaining why ``value`` is not usable as a constant."""
+    if value is None:
+        return f"{what} is missing"
+    if value.is_graph_input() and (value.const_value is None or not allow_graph_inputs):
+        if value.const_value is not None:
+            return (
+                f"{what} '{value.name}' is a graph input with a default (overridable at run "
+                "time; pass allow_graph_input_params=True / --fold-overridable to fold anyway)"
+            )
+        return f"{what} '{value.name}' is a graph input"
+    producer = value.producer()
+    if producer is not None:
+        return f"{what} '{value.name}' is computed at run time (by {producer.op_type})"
+    return f"{what} '{value.name}' is not a constant"
+
+
+def _as_numpy(tensor: ir.TensorProtocol) -> np.ndarray | None:
+    try:
+        return tensor.numpy()
+    except Exception as err:  # external data missing, unsupported dtype, …
+        logger.debug("could not read tensor %s: %s", tensor.name, err)
+        return None
+
+
+def _constant_node_array(node: ir.Node) -> np.ndarray | None:
+    for key in _CONSTANT_ATTRS:
+        attr = node.attributes.get(key)
+        if attr is None:
+            continue
+        if key == "value":
+            return _as_numpy(attr.as_tensor())
+        if key == "value_float":
+            return np.array(attr.as_float(), dtype=np.float32)
+        if key == "value_floats":
+            return np.array(list(attr.as_floats()), dtype=np.float32)
+        if key == "value_int":
+            return np.array(attr.as_int(), dtype=np.int64)
+        return np.array(list(attr.as_ints()), dtype=np.int64)
+    return None

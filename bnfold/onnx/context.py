@@ -1,0 +1,205 @@
+"""FoldContext: options, unique names and the outcome record shared by all passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.onnx.constants import is_onnx_op
+from bnfold.report import FoldReport, ReportEntry
+
+logger = logging.getLogger(__name__)
+
+TRACKED_OPS = ("BatchNormalization", "Dropout")
+
+
+@dataclasses.dataclass
+class FoldOptions:
+    """User-facing switches of the ONNX pipeline."""
+
+    allow_graph_input_params: bool = False  # fold parameters that are overridable graph inputs
+    assume_eval: bool = False  # treat training-mode BN/Dropout as inference
+    max_iterations: int = 20
+
+
+@dataclasses.dataclass
+class _Tracked:
+    node: ir.Node
+    name: str
+    kind: str
+    scope: str
+    status: str = "left"
+    into: str | None = None
+    pattern: str | None = None
+    reason: str | None = None
+
+
+class FoldContext:
+    """Per-run state: options, a name registry and what happened to each BN/Dropout."""
+
+    def __init__(self, model: ir.Model, options: FoldOptions | None = None) -> None:
+        self.model = model
+        self.options = options or FoldOptions()
+        self.report = FoldReport()
+        self._tracked: dict[int, _Tracked] = {}
+        self._names: set[str] = set()
+        self._function_graphs: set[int] = set()
+        self._scan()
+
+    # -- graph walking ---------------------------------------------------------------
+    def all_graphs(self) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
+        """Every graph with nodes: main graph, subgraphs, functions (and their subgraphs)."""
+        yield self.model.graph, ""
+        for sub in self.model.graph.subgraphs():
+            yield sub, f"subgraph:{sub.name or '?'}"
+        for func in self.model.functions.values():
+            yield func, f"function:{func.domain}::{func.name}"
+            for sub in func.subgraphs():
+                yield sub, f"function:{func.domain}::{func.name}/subgraph:{sub.name or '?'}"
+
+    def all_nodes(self) -> list[ir.Node]:
+        """A snapshot list of every node (safe to mutate the graphs while iterating it)."""
+        nodes: list[ir.Node] = []
+        for graph, _ in self.all_graphs():
+            nodes.extend(graph)
+        return nodes
+
+    def in_function(self, node: ir.Node) -> bool:
+        """True when the node lives in a model-local function body (no initializers there)."""
+        graph = node.graph
+        return graph is not None and id(graph) in self._function_graphs
+
+    def _scan(self) -> None:
+        for func in self.model.functions.values():
+            self._function_graphs.add(id(func))
+            self._function_graphs.add(id(func.graph))
+        for graph, scope in self.all_graphs():
+            for value in _graph_values(graph):
+                if value.name:
+                    self._names.add(value.name)
+            for node in graph:
+                if is_onnx_op(node, TRACKED_OPS):
+                    self._tracked[id(node)] = _Tracked(
+                        node, display_name(node), node.op_type, scope
+                    )
+
+    # -- names and constants ---------------------------------------------------------
+    def unique_name(self, base: str) -> str:
+        """A value name not used anywhere in the model, derived from ``base``."""
+        base = base or "bnfold"
+        name, i = base, 0
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def new_constant(
+        self, near: ir.Node, array: np.ndarray, base: str, dtype: ir.DataType | None = None
+    ) -> ir.Value:
+        """A fresh constant in ``near``'s graph: an initializer, or a Constant node in functions."""
+        name = self.unique_name(base)
+        tensor = ir.Tensor(array, dtype=dtype, name=name)
+        graph = near.graph
+        assert graph is not None
+        if self.in_function(near):
+            const = ir.node(
+                "Constant", inputs=[], attributes={"value": tensor}, name=f"{name}_const"
+            )
+            const.outputs[0].name = name
+            const.outputs[0].type = ir.TensorType(tensor.dtype)
+            const.outputs[0].shape = ir.Shape(array.shape)
+            graph.insert_before(near, const)
+            return const.outputs[0]
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(tensor.dtype),
+            const_value=tensor,
+        )
+        graph.register_initializer(value)  # type: ignore[union-attr]
+        return value
+
+    # -- outcome record --------------------------------------------------------------
+    def skip(self, node: ir.Node, reason: str) -> None:
+        """Record why a tracked node was not folded (the latest reason wins)."""
+        tracked = self._tracked.get(id(node))
+        if tracked is not None and tracked.status == "left":
+            tracked.reason = reason
+            logger.debug("skip %s: %s", tracked.name, reason)
+
+    def done(
+        self,
+        node: ir.Node,
+        status: str,
+        *,
+        into: str | None = None,
+        pattern: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Record that a tracked node was folded / removed / rewritten."""
+        tracked = self._tracked.get(id(node))
+        if tracked is None:
+            return
+        tracked.status, tracked.into, tracked.pattern = status, into, pattern
+        tracked.reason = note
+
+    def track_new(self, node: ir.Node, like: ir.Node) -> None:
+        """Track a node created as a replacement of ``like`` (keeps its name and scope)."""
+        old = self._tracked.get(id(like))
+        if old is not None:
+            self._tracked[id(node)] = _Tracked(node, old.name, old.kind, old.scope)
+
+    def build_report(self) -> FoldReport:
+        """Materialise the report: one entry per tracked BN/Dropout, in model order."""
+        report = self.report
+        report.entries = []
+        for t in self._tracked.values():
+            status = t.status
+            reason = t.reason
+            if status == "left" and t.node.graph is None:
+                continue  # replaced by a tracked successor node
+            if status == "left" and not reason:
+                reason = default_reason(t.node)
+            report.add(
+                ReportEntry(
+                    name=t.name,
+                    kind=t.kind,
+                    status=status,  # type: ignore[arg-type]
+                    into=t.into,
+                    pattern=t.pattern,
+                    reason=reason,
+                    scope=t.scope,
+                )
+            )
+        return report
+
+
+def display_name(node: ir.Node) -> str:
+    """The node's name, or a stable stand-in built from its first output."""
+    if node.name:
+        return node.name
+    out = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op_type}({out})"
+
+
+def default_reason(node: ir.Node) -> str:
+    """Reason for a node no pass tried to fold."""
+    if node.op_type == "Dropout":
+        return "Dropout could not be removed"
+    x = node.inputs[0] if node.inputs else None
+    if x is None or x.producer() is None:
+        return "input comes straight from a graph input; nothing to fold into"
+    return f"producer {x.producer().op_type} is not a foldable linear layer"
+
+
+def _graph_values(graph: ir.Graph | ir.Function) -> Iterable[ir.Value]:
+    yield from graph.inputs
+    if isinstance(graph, ir.Graph):
+        yield from graph.initializers.values()
+    for node in graph:
+        yield from node.outputs

@@ -1,0 +1,37 @@
+"""BnfoldPass: an onnx-ir in-place pass that shares a FoldContext with the pipeline."""
+
+from __future__ import annotations
+
+import abc
+
+import onnx_ir as ir
+
+from bnfold.onnx.context import FoldContext
+
+
+class BnfoldPass(ir.passes.InPlacePass, abc.ABC):
+    """Base class: subclasses implement ``run()`` and return whether they changed anything."""
+
+    def __init__(self, ctx: FoldContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, modified=self.run())
+
+    @abc.abstractmethod
+    def run(self) -> bool:
+        """Apply the pass to ``self.ctx.model``; True when the model changed."""
+
+
+def replace_output(old: ir.Value, new: ir.Value) -> None:
+    """Route every use of ``old`` (graph outputs included) to ``new``, keeping output names."""
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output:
+        new.name = old.name
+
+
+def is_graph_boundary(value: ir.Value) -> bool:
+    """Graph inputs, initializers and outputs cannot be renamed away."""
+    return value.is_graph_input() or value.is_initializer() or value.is_graph_output()

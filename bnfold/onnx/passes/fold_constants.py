@@ -1,0 +1,150 @@
+"""FoldConstantsPass: evaluate small constant subexpressions exporters leave behind.
+
+Examples: torch's dynamo exporter (``optimize=False``) writes a bias-free Conv's bias as
+``Expand(CastLike(0, x), Shape(W))`` and a Linear's weight as ``Transpose(W)``. Nodes are
+evaluated with the onnx package's reference evaluator, never hand-written kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+
+from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.passes.base import BnfoldPass, replace_output
+
+logger = logging.getLogger(__name__)
+
+MAX_ELEMENTS = 16 * 1024 * 1024
+_NON_DETERMINISTIC = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+        "BatchNormalization",
+        "Constant",
+        "If",
+        "Loop",
+        "Scan",
+        "SequenceConstruct",
+        "SequenceEmpty",
+        "Optional",
+    }
+)
+
+
+class FoldConstantsPass(BnfoldPass):
+    """Replace nodes whose inputs are all constant by their evaluated outputs."""
+
+    def run(self) -> bool:
+        modified = False
+        for node in self.ctx.all_nodes():
+            if node.graph is None or not self.foldable(node):
+                continue
+            arrays = self.evaluate(node)
+            if arrays is None:
+                continue
+            self.rewrite(node, arrays)
+            modified = True
+        return modified
+
+    def foldable(self, node: ir.Node) -> bool:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NON_DETERMINISTIC:
+            return False
+        if any(out.is_graph_output() for out in node.outputs):
+            return False
+        if any(attr.type in _GRAPH_ATTRS for attr in node.attributes.values()):
+            return False
+        return bool(node.outputs) and all(
+            self.input_known(node, i) for i in range(len(node.inputs))
+        )
+
+    def input_known(self, node: ir.Node, index: int) -> bool:
+        value = node.inputs[index]
+        if value is None:
+            return True
+        if is_onnx_op(node, "CastLike") and index == 1:
+            return value.dtype is not None
+        if is_onnx_op(node, "Shape"):
+            return _static_shape(value) is not None or constant_array(value) is not None
+        return constant_array(value) is not None
+
+    def evaluate(self, node: ir.Node) -> list[np.ndarray] | None:
+        """Run one node in the reference evaluator; None when it cannot be evaluated."""
+        feeds: dict[str, np.ndarray] = {}
+        names: list[str] = []
+        for i, value in enumerate(node.inputs):
+            if value is None:
+                names.append("")
+                continue
+            name = f"in{i}"
+            names.append(name)
+            arr = constant_array(value)
+            if arr is None and is_onnx_op(node, "CastLike"):
+                arr = np.zeros((), dtype=value.dtype.numpy())  # type: ignore[union-attr]
+            if arr is None and is_onnx_op(node, "Shape"):
+                arr = np.zeros(_static_shape(value), dtype=np.float32)  # type: ignore[arg-type]
+            feeds[name] = arr  # type: ignore[assignment]
+        if sum(a.size for a in feeds.values()) > MAX_ELEMENTS:
+            return None
+        try:
+            proto = _single_node_model(node, names, feeds, self.ctx.model.opset_imports)
+            outputs = ReferenceEvaluator(proto).run(None, feeds)
+        except Exception as err:  # unsupported op or odd input: simply leave the node
+            logger.debug("constant evaluation of %s failed: %s", node.op_type, err)
+            return None
+        limit = max(sum(a.size for a in feeds.values()), 1 << 16)
+        if not all(isinstance(o, np.ndarray) and o.size <= limit for o in outputs):
+            return None  # never inflate the model with expanded constants
+        return list(outputs)
+
+    def rewrite(self, node: ir.Node, arrays: list[np.ndarray]) -> None:
+        for out, arr in zip(node.outputs, arrays, strict=False):
+            if not out.uses():
+                continue
+            dtype = out.dtype
+            if dtype is not None and np.dtype(dtype.numpy()) != arr.dtype:
+                arr = arr.astype(dtype.numpy())
+            const = self.ctx.new_constant(node, np.ascontiguousarray(arr), out.name or "const")
+            replace_output(out, const)
+        assert node.graph is not None
+        node.graph.remove(node, safe=True)
+
+
+_GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
+def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
+    shape = value.shape
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+def _single_node_model(
+    node: ir.Node, names: list[str], feeds: dict[str, np.ndarray], opsets: dict[str, int]
+) -> onnx.ModelProto:
+    attrs = {a.name: ir.serde.serialize_attribute(a) for a in node.attributes.values()}
+    proto_node = onnx.helper.make_node(
+        node.op_type, names, [f"out{i}" for i in range(len(node.outputs))]
+    )
+    proto_node.attribute.extend(attrs.values())
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None
+        )
+        for n in names
+        if n
+    ]
+    outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in proto_node.output]
+    graph = onnx.helper.make_graph([proto_node], "eval", inputs, outputs)
+    opset = [onnx.helper.make_opsetid("", opsets.get("", 21))]
+    return onnx.helper.make_model(graph, opset_imports=opset)

@@ -1,0 +1,106 @@
+"""StripDropoutPass: Dropout is the identity at inference (every opset form)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.passes.base import BnfoldPass, is_graph_boundary, replace_output
+
+logger = logging.getLogger(__name__)
+
+
+class StripDropoutPass(BnfoldPass):
+    """Remove inference-mode Dropout; a consumed mask becomes an all-true tensor."""
+
+    def run(self) -> bool:
+        modified = False
+        for node in self.ctx.all_nodes():
+            if node.graph is None or not is_onnx_op(node, "Dropout"):
+                continue
+            reason = self.check(node)
+            if reason is not None:
+                self.ctx.skip(node, reason)
+                continue
+            self.rewrite(node)
+            modified = True
+        return modified
+
+    def opset(self, node: ir.Node) -> int:
+        if node.version is not None:
+            return node.version
+        return self.ctx.model.opset_imports.get("", 21)
+
+    def check(self, node: ir.Node) -> str | None:
+        """None when the Dropout is an inference-time identity, else why it stays."""
+        training = self.training_mode(node)
+        if training is None:
+            return "Dropout's training_mode is a run-time input; it may be random at run time"
+        if training and not self.ctx.options.assume_eval:
+            return (
+                "Dropout is in training mode (it zeroes activations at random); "
+                "use --assume-eval to treat it as inference"
+            )
+        if not node.inputs or node.inputs[0] is None:
+            return "Dropout has no data input"
+        return None
+
+    def training_mode(self, node: ir.Node) -> bool | None:
+        """True/False when known; None when it is decided at run time."""
+        if self.opset(node) < 7:
+            is_test = node.attributes.get("is_test")
+            return not (is_test is not None and is_test.as_int() != 0)
+        if self.opset(node) < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
+            return False
+        flag = constant_array(node.inputs[2])
+        if flag is None:
+            return None
+        return bool(np.asarray(flag).reshape(-1)[0])
+
+    def rewrite(self, node: ir.Node) -> None:
+        data, out = node.inputs[0], node.outputs[0]
+        assert data is not None and node.graph is not None
+        graph = node.graph
+        if len(node.outputs) > 1 and _is_used(node.outputs[1]):
+            self.replace_mask(node, data)
+        if _is_used(out):
+            if out.is_graph_output() and is_graph_boundary(data):
+                ident = ir.Node("", "Identity", inputs=[data], name=node.name or None)
+                graph.insert_before(node, ident)
+                replace_output(out, ident.outputs[0])
+            else:
+                replace_output(out, data)
+        graph.remove(node, safe=True)
+        note = "training-mode Dropout removed (--assume-eval)" if self.training_mode(node) else None
+        self.ctx.done(node, "removed", pattern="Dropout→identity", note=note)
+
+    def replace_mask(self, node: ir.Node, data: ir.Value) -> None:
+        """mask = ConstantOfShape(Shape(data), value=True) (input dtype 1.0 before opset 7)."""
+        mask = node.outputs[1]
+        if self.opset(node) >= 7:
+            fill = np.array([True])
+        else:
+            fill = np.ones(1, dtype=data.dtype.numpy() if data.dtype else np.float32)
+        name = self.ctx.unique_name(f"{mask.name}_all_true")
+        shape = ir.Node("", "Shape", inputs=[data], name=f"{name}_shape")
+        shape.outputs[0].name = self.ctx.unique_name(f"{name}_shape")
+        const = ir.Node(
+            "",
+            "ConstantOfShape",
+            inputs=[shape.outputs[0]],
+            attributes=[ir.AttrTensor("value", ir.Tensor(fill))],
+            name=name,
+        )
+        const.outputs[0].name = name
+        const.outputs[0].type = mask.type
+        const.outputs[0].shape = mask.shape
+        assert node.graph is not None
+        node.graph.insert_before(node, [shape, const])
+        replace_output(mask, const.outputs[0])
+
+
+def _is_used(value: ir.Value) -> bool:
+    return bool(value.uses()) or value.is_graph_output()

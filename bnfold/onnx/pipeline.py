@@ -1,0 +1,76 @@
+"""The pass order and the fixpoint loop of the ONNX folder."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnx_ir.passes.common import (
+    IdentityEliminationPass,
+    RemoveUnusedNodesPass,
+    ShapeInferencePass,
+    TopologicalSortPass,
+)
+
+from bnfold.onnx.context import FoldContext, FoldOptions
+from bnfold.onnx.passes.fold_batchnorm import FoldBatchNormIntoProducerPass
+from bnfold.onnx.passes.fold_channel_affine import FoldChannelAffinePass
+from bnfold.onnx.passes.fold_constants import FoldConstantsPass
+from bnfold.onnx.passes.strip_dropout import StripDropoutPass
+from bnfold.report import FoldReport
+
+logger = logging.getLogger(__name__)
+
+
+def normalise_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
+    """Passes that make exporter output matchable (identities, computed constants)."""
+    return [IdentityEliminationPass(), FoldConstantsPass(ctx)]
+
+
+def fold_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
+    """Passes that remove Dropout and fold BN / affine maps, in order."""
+    return [
+        StripDropoutPass(ctx),
+        FoldChannelAffinePass(ctx),
+        FoldBatchNormIntoProducerPass(ctx),
+    ]
+
+
+def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldReport:
+    """Fold ``model`` in place until nothing changes; return the report."""
+    _infer_shapes(model)
+    ctx = FoldContext(model, options)
+    normalise = normalise_passes(ctx)
+    folds = fold_passes(ctx)
+    _run_all(normalise, model)
+    for iteration in range(ctx.options.max_iterations):
+        changed = _run_all(folds, model)
+        logger.debug("fold iteration %d changed=%s", iteration, changed)
+        if not changed:
+            break
+        _run_all(normalise, model)
+    else:
+        ctx.report.warn(f"stopped after {ctx.options.max_iterations} fold iterations")
+    RemoveUnusedNodesPass()(model)
+    TopologicalSortPass()(model)
+    if ctx.options.assume_eval:
+        ctx.report.warn(
+            "--assume-eval: training-mode BN/Dropout were treated as inference; results now "
+            "follow running statistics, not batch statistics"
+        )
+    return ctx.build_report()
+
+
+def _run_all(passes: list[ir.passes.PassBase], model: ir.Model) -> bool:
+    changed = False
+    for p in passes:
+        changed = p(model).modified or changed
+    return changed
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    """Best-effort shape inference (ranks let MatMul folds prove their feature axis)."""
+    try:
+        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except Exception as err:  # never fatal: folds that need shapes then skip with a reason
+        logger.debug("shape inference failed: %s", err)
