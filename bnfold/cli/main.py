@@ -33,7 +33,13 @@ class DefaultToFoldGroup(click.Group):
         if cmd_name not in COMMANDS:
             return None
         module_name, attr = COMMANDS[cmd_name]
-        return getattr(importlib.import_module(module_name), attr)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:  # a partial install: hide, don't crash
+            if err.name != module_name:
+                raise
+            return None
+        return getattr(module, attr)
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,17 @@ class OnnxFoldResult:
             return self.ir_model
         return ir.serde.serialize_model(self.ir_model)
 
-    def save(self, path: str | os.PathLike[str], *, overwrite_input: bool = False) -> Path:
-        """Write atomically; refuses to overwrite the input unless ``overwrite_input``."""
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite_input: bool = False,
+        before_commit: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write atomically; refuses to overwrite the input unless ``overwrite_input``.
+
+        ``before_commit(tmp_path)`` may inspect the written file and raise to cancel.
+        """
         out = Path(path)
         source = self.source_path
         if source is not None and not overwrite_input and io.same_file(source, out):
@@ -45,7 +55,7 @@ class OnnxFoldResult:
                 f"{out}: output path is the input model; choose another path "
                 "(or pass overwrite_input=True / --in-place)"
             )
-        return io.save_model(self.ir_model, out)
+        return io.save_model(self.ir_model, out, before_commit=before_commit)
 
     def describe(self) -> str:
         return self.report.describe()

@@ -8,13 +8,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from bnfold.errors import ExternalDataError, ModelLoadError, OutputError
+from bnfold.errors import BnfoldError, ExternalDataError, ModelLoadError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +147,14 @@ def save_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-    overwrite_source: Path | None = None,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` atomically; external data (``<name>.data``) beside it when needed.
 
     ``external_data=None`` decides automatically: external when the input had external
-    data or the weights exceed the 2 GB protobuf limit.
+    data or the weights exceed the 2 GB protobuf limit. ``before_commit`` is called with
+    the fully written temporary model path before anything is moved into place; if it
+    raises, nothing is written.
     """
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
@@ -171,9 +174,13 @@ def save_model(
     try:
         tmp_model = tmp / out.name
         ir.save(model, tmp_model, external_data=data_name)
+        if before_commit is not None:
+            before_commit(tmp_model)
         if data_name is not None:
             os.replace(tmp / data_name, folder / data_name)
         os.replace(tmp_model, out)
+    except BnfoldError:
+        raise
     except OSError as err:
         raise OutputError(f"{out}: write failed ({err.strerror or err}); nothing written") from err
     except Exception as err:

@@ -1,0 +1,148 @@
+"""fold_file: the whole job for one model file — fold, verify, write, optionally bench.
+
+The CLI calls this (in worker processes for many models); pipelines can too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bnfold.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_NOT_EQUIVALENT,
+    EXIT_OK,
+    BnfoldError,
+    NotEquivalentError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FoldFileOptions:
+    """What to do for each model file."""
+
+    output: Path | None = None  # default: <stem>.folded.onnx beside the input
+    verify: bool = True
+    force: bool = False  # write even when verification fails
+    bench: bool = False
+    in_place: bool = False
+    assume_eval: bool = False
+    allow_graph_input_params: bool = False
+    seeds: int = 3
+    provider: str = "cpu"
+
+
+@dataclasses.dataclass
+class FoldFileOutcome:
+    """Everything that happened to one model, JSON-ready via ``to_dict()``."""
+
+    model: str
+    output: str | None = None
+    written: bool = False
+    exit_code: int = EXIT_OK
+    error: str | None = None
+    report: Any = None  # FoldReport
+    verification: Any = None  # VerifyResult
+    bench: Any = None  # BenchResult
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None and self.exit_code == EXIT_BAD_INPUT:
+            return "error"
+        if self.exit_code == EXIT_NOT_EQUIVALENT:
+            return "not-equivalent"
+        return "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "output": self.output,
+            "written": self.written,
+        }
+        if self.error:
+            out["error"] = self.error
+        if self.report is not None:
+            out["report"] = self.report.to_dict()
+        if self.verification is not None:
+            out["verification"] = self.verification.to_dict()
+        if self.bench is not None:
+            out["bench"] = self.bench.to_dict()
+        if self.sizes:
+            out["sizes"] = self.sizes
+        return out
+
+
+def default_output(path: Path) -> Path:
+    """``model.onnx`` → ``model.folded.onnx`` beside it."""
+    return path.with_name(f"{path.stem}.folded{path.suffix or '.onnx'}")
+
+
+def fold_file(
+    path: str | os.PathLike[str], options: FoldFileOptions | None = None
+) -> FoldFileOutcome:
+    """Fold one model file end to end; never raises for a bad model (see ``error``)."""
+    options = options or FoldFileOptions()
+    src = Path(path)
+    outcome = FoldFileOutcome(model=str(src))
+    try:
+        _run(src, options, outcome)
+    except BnfoldError as err:
+        outcome.error = str(err)
+        outcome.exit_code = err.exit_code
+        outcome.written = False
+    return outcome
+
+
+def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
+    from bnfold.errors import OutputError
+    from bnfold.onnx.api import fold_onnx
+    from bnfold.onnx.io import same_file
+
+    out = src if options.in_place else (options.output or default_output(src))
+    if not options.in_place and same_file(src, out):
+        raise OutputError(f"{out}: output path equals the input; use --in-place to overwrite it")
+    result = fold_onnx(
+        src,
+        assume_eval=options.assume_eval,
+        allow_graph_input_params=options.allow_graph_input_params,
+    )
+    outcome.report = result.report
+    outcome.output = str(out)
+
+    def check_before_commit(tmp_model: Path) -> None:
+        if not options.verify:
+            return
+        from bnfold.verify.api import verify
+
+        outcome.verification = verify(
+            src, tmp_model, seeds=options.seeds, provider=options.provider
+        )
+        if not outcome.verification and not options.force:
+            raise NotEquivalentError(
+                "folded model is not equivalent to the original; nothing written "
+                "(--force writes anyway)"
+            )
+
+    result.save(out, overwrite_input=options.in_place, before_commit=check_before_commit)
+    outcome.written = True
+    if outcome.verification is not None and not outcome.verification:
+        outcome.exit_code = EXIT_NOT_EQUIVALENT
+    outcome.sizes = {"input_bytes": _size(src), "output_bytes": _size(out)}
+    if options.bench:
+        from bnfold.bench.api import bench
+
+        outcome.bench = bench(src, vs=out, provider=options.provider, levels=("disable", "all"))
+
+
+def _size(path: Path) -> int:
+    total = path.stat().st_size
+    data = path.with_name(f"{path.name}.data")
+    return total + (data.stat().st_size if data.exists() else 0)
