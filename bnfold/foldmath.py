@@ -137,17 +137,28 @@ def cast_back(
     shape) enables the underflow check: a weight that was non-zero must not become 0.
     """
     dtype = np.dtype(dtype)
-    if not np.all(np.isfinite(folded)):
-        return None, "folded weights would contain NaN or Inf"
     limit = _dtype_max(dtype)
     if limit is not None and float(np.max(np.abs(folded), initial=0.0)) > limit:
+        if not np.all(np.isfinite(folded)):
+            return None, "folded weights would contain NaN or Inf"
         return None, f"folded weights exceed the {dtype.name} range (|w| > {limit:g})"
     out = folded.astype(dtype)
-    if original is not None and original.shape == folded.shape:
+    if not np.all(np.isfinite(folded)):  # NaN passes the range test above
+        return None, "folded weights would contain NaN or Inf"
+    if original is not None and original.shape == folded.shape and _may_underflow(folded, dtype):
         lost = (out == 0) & (np.asarray(original) != 0) & (folded != 0)
-        if np.any(lost) and dtype.itemsize < 8:
+        if np.any(lost):
             return None, f"{int(lost.sum())} folded weight(s) underflow to zero in {dtype.name}"
     return out, None
+
+
+def _may_underflow(folded: np.ndarray, dtype: np.dtype) -> bool:
+    """Cheap pre-test: can any non-zero value fall below the dtype's smallest subnormal?"""
+    if dtype.itemsize >= 8:
+        return False
+    tiny = 6e-8 if dtype.itemsize <= 2 else 1.5e-45
+    nonzero = np.abs(folded[folded != 0]) if folded.size else folded
+    return bool(nonzero.size) and float(nonzero.min()) < tiny
 
 
 def _dtype_max(dtype: np.dtype) -> float | None:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 from bnfold.errors import InputError, ModelLoadError, OutputError
 from bnfold.onnx import io
 from bnfold.onnx.context import FoldOptions
-from bnfold.onnx.pipeline import run_pipeline
+from bnfold.onnx.pipeline import SHAPES_INFERRED, run_pipeline
 from bnfold.report import FoldReport
 
 logger = logging.getLogger(__name__)
@@ -86,20 +86,30 @@ def fold_onnx(
 def _to_ir(model: Any) -> tuple[ir.Model, str, Path | None]:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        return io.load_model(path), "path", path
+        loaded = io.load_model(path)
+        loaded.graph.meta[SHAPES_INFERRED] = True
+        return loaded, "path", path
     if isinstance(model, bytes):
         try:
             proto = onnx.load_from_string(model)
         except Exception as err:
             raise ModelLoadError(f"bytes are not a valid ONNX model ({err})") from err
         io.check_proto(proto, "model bytes")
-        return ir.serde.deserialize_model(proto), "proto", None
+        return _deserialize(proto), "proto", None
     if isinstance(model, onnx.ModelProto):
-        io.check_proto(model, "model")
-        return ir.serde.deserialize_model(model), "proto", None
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)  # check_proto records inferred shapes; keep the caller's intact
+        io.check_proto(proto, "model")
+        return _deserialize(proto), "proto", None
     if isinstance(model, ir.Model):
         return model.clone(), "ir", None
     raise InputError(
         f"cannot fold an object of type {type(model).__name__}; expected a path, bytes, "
         "onnx.ModelProto, onnx_ir.Model or torch.nn.Module"
     )
+
+
+def _deserialize(proto: onnx.ModelProto) -> ir.Model:
+    model = ir.serde.deserialize_model(proto)
+    model.graph.meta[SHAPES_INFERRED] = True
+    return model

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from bnfold.errors import BnfoldError, ExternalDataError, ModelLoadError, OutputError
+from bnfold.onnx import lite
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +60,18 @@ def load_proto(path: Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and not proto.graph.output):
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found)")
     check_external_data(proto, path.parent)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto))
-    # The checker resolves external data relative to the model file only when given a path.
-    check_proto(str(path) if external else proto, str(path))
+    check_proto(proto, str(path))
     return proto
 
 
-def check_proto(proto: onnx.ModelProto | str, label: str) -> None:
-    """Run onnx's structural checker; raise ModelLoadError on failure."""
+def check_proto(proto: onnx.ModelProto, label: str) -> None:
+    """Run onnx's structural checker (on a weight-free copy); raise ModelLoadError on failure.
+
+    Also records inferred shapes in ``proto`` (ranks let MatMul/layout folds prove axes).
+    """
     try:
-        onnx.checker.check_model(proto, full_check=False)
+        lite.check(proto)
+        lite.infer_shapes_into(proto)
     except onnx.checker.ValidationError as err:
         raise ModelLoadError(f"{label}: fails the ONNX checker: {_one_line(err)}") from err
     except Exception as err:

@@ -21,6 +21,8 @@ from bnfold.report import FoldReport
 
 logger = logging.getLogger(__name__)
 
+SHAPES_INFERRED = "bnfold_shapes_inferred"
+
 
 def normalise_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
     """Passes that make exporter output matchable (identities, computed constants)."""
@@ -70,6 +72,8 @@ def _run_all(passes: list[ir.passes.PassBase], model: ir.Model) -> bool:
 
 def _infer_shapes(model: ir.Model) -> None:
     """Best-effort shape inference (ranks let MatMul folds prove their feature axis)."""
+    if model.graph.meta.get(SHAPES_INFERRED):
+        return  # done on the protobuf at load time, without copying weights
     try:
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     except Exception as err:  # never fatal: folds that need shapes then skip with a reason

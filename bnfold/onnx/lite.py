@@ -1,0 +1,74 @@
+"""Checking and shape-inferring a model without copying its weights.
+
+The ONNX checker and shape inference serialise the whole model; on a 100 MB model that
+costs more than loading it. We hand them a *lite* copy instead: same graph, but large
+initializers become typed graph inputs (same name, dtype and shape).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+logger = logging.getLogger(__name__)
+
+SMALL_TENSOR_BYTES = 4096  # shape tensors, axes, scalars stay (data propagation needs them)
+
+
+def lite_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A structural copy of ``proto`` whose large main-graph initializers are graph inputs."""
+    lite = onnx.ModelProto(
+        ir_version=proto.ir_version,
+        producer_name=proto.producer_name,
+        producer_version=proto.producer_version,
+        domain=proto.domain,
+        model_version=proto.model_version,
+        doc_string=proto.doc_string,
+    )
+    lite.opset_import.extend(proto.opset_import)
+    lite.metadata_props.extend(proto.metadata_props)
+    lite.functions.extend(proto.functions)
+    src, dst = proto.graph, lite.graph
+    dst.name, dst.doc_string = src.name, src.doc_string
+    dst.node.extend(src.node)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    dst.sparse_initializer.extend(src.sparse_initializer)
+    dst.input.extend(src.input)
+    input_names = {i.name for i in src.input}
+    for tensor in src.initializer:
+        if _is_small(tensor):
+            dst.initializer.append(tensor)
+        elif tensor.name not in input_names:
+            dst.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+    return lite
+
+
+def _is_small(tensor: onnx.TensorProto) -> bool:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    return tensor.ByteSize() <= SMALL_TENSOR_BYTES
+
+
+def check(proto: onnx.ModelProto) -> None:
+    """Run the structural ONNX checker on a lite copy (raises onnx's ValidationError)."""
+    onnx.checker.check_model(lite_copy(proto), full_check=False)
+
+
+def infer_shapes_into(proto: onnx.ModelProto) -> bool:
+    """Add inferred ``value_info`` of the main graph to ``proto``; False when inference failed."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            lite_copy(proto), check_type=False, strict_mode=False, data_prop=True
+        )
+    except Exception as err:  # inference is best-effort
+        logger.debug("shape inference failed: %s", err)
+        return False
+    known = {v.name for v in proto.graph.value_info}
+    known.update(i.name for i in proto.graph.input)
+    known.update(o.name for o in proto.graph.output)
+    proto.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
+    return True
