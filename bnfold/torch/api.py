@@ -1,0 +1,288 @@
+"""``fold_module``: fold BatchNorm and strip Dropout in a PyTorch module, then prove it.
+
+Steps: deep-copy the module in eval mode (the caller's module is never touched) → replace
+Dropout modules by Identity → trace the whole model with torch.fx, or else its largest
+traceable submodules, and fold per call site in those graphs → fold the remaining BNs by
+adjacency proven on a recorded forward pass → compare with the original on the example inputs,
+rolling back any step whose outputs drift beyond fp32 noise.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from bnfold.errors import InputError, NotEquivalentError
+from bnfold.report import FoldReport, ReportEntry
+from bnfold.torch.adjacency_fold import plan_adjacency_folds, set_module
+from bnfold.torch.compare import Reference, TorchComparison
+from bnfold.torch.dropout import (
+    FUNCTIONAL_DROPOUT,
+    functional_training_flag,
+    remove_functional_dropout,
+    remove_identity_nodes,
+    strip_dropout_modules,
+)
+from bnfold.torch.fx_fold import GraphFolder, Outcome
+from bnfold.torch.recording import record
+from bnfold.torch.registry import is_batchnorm_like
+from bnfold.torch.tracing import Region, find_regions, validate_regions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TorchFoldResult:
+    """The folded module (eval mode), what happened to each BN/Dropout, and the comparison."""
+
+    model: nn.Module
+    report: FoldReport
+    verification: TorchComparison | None = None
+    trace_failures: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def max_error(self) -> float | None:
+        """Largest absolute output difference vs the original on the example inputs."""
+        return None if self.verification is None else self.verification.max_error
+
+    def save(self, path: str | Path, *, state_dict: bool = False) -> Path:
+        """``torch.save`` the whole module (load with ``weights_only=False``) or its state_dict."""
+        path = Path(path)
+        torch.save(self.model.state_dict() if state_dict else self.model, path)
+        return path
+
+    def describe(self) -> str:
+        parts = [self.report.describe()]
+        if self.verification is not None:
+            parts.append(self.verification.describe())
+        return "\n".join(parts)
+
+
+def fold_module(
+    module: nn.Module,
+    example_inputs: Any = None,
+    *,
+    verify: bool = True,
+    adjacency: bool = True,
+    strict: bool = False,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> TorchFoldResult:
+    """Fold BatchNorm into Conv/ConvTranspose/Linear and remove Dropout in a copy of ``module``.
+
+    ``example_inputs`` (a tensor or a tuple of positional arguments) enables shape-proven folds
+    (Linear→BN, layout ops, consumer folds), the adjacency fallback for code torch.fx cannot
+    trace, and verification. With ``strict=True`` a final mismatch raises NotEquivalentError.
+    """
+    if not isinstance(module, nn.Module):
+        raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    inputs = _as_tuple(example_inputs)
+    return _Folder(module, inputs, verify=verify, adjacency=adjacency, rtol=rtol, atol=atol).run(
+        strict
+    )
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...] | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    raise InputError("example_inputs must be a tensor or a tuple of positional arguments")
+
+
+def install(root: nn.Module, path: str, module: nn.Module) -> nn.Module:
+    """Bind ``module`` at ``path`` (``""`` replaces the root); returns the root."""
+    if not path:
+        return module
+    set_module(root, path, module)
+    return root
+
+
+class _Folder:
+    def __init__(
+        self,
+        module: nn.Module,
+        inputs: tuple[Any, ...] | None,
+        *,
+        verify: bool,
+        adjacency: bool,
+        rtol: float,
+        atol: float,
+    ) -> None:
+        self.model = copy.deepcopy(module).eval()
+        self.inputs = inputs
+        self.adjacency = adjacency and inputs is not None
+        self.checking = verify and inputs is not None
+        self.report = FoldReport()
+        self.ref = Reference(self.model, inputs, rtol=rtol, atol=atol) if inputs else None
+        self.outcomes: list[Outcome] = []
+        self.failures: dict[str, str] = {}
+
+    def run(self, strict: bool) -> TorchFoldResult:
+        dropouts: list[ReportEntry] = []
+        self.model = strip_dropout_modules(self.model, dropouts)
+        self._fold_regions(dropouts)
+        if self.adjacency:
+            self._fold_adjacent(dropouts)
+        else:
+            self._report_untraced()
+        self._cleanup()
+        self.model.eval()
+        self.report.entries.extend(o.entry for o in self.outcomes)
+        self.report.entries.extend(dropouts)
+        verification = self.ref.compare(self.model) if self.ref is not None else None
+        if verification is None:
+            self.report.warn("no example_inputs: the folded module was not verified")
+        elif not verification:
+            self.report.warn("the folded module differs from the original beyond fp32 noise")
+            if strict:
+                raise NotEquivalentError(verification.describe())
+        return TorchFoldResult(self.model, self.report, verification, self.failures)
+
+    # -- fx regions -------------------------------------------------------------------
+    def _fold_regions(self, dropouts: list[ReportEntry]) -> None:
+        regions = self._regions()
+        for region in regions:
+            gm = region.gm
+            entries: list[ReportEntry] = []
+            changed = remove_functional_dropout(gm, region.path, entries)
+            changed |= remove_identity_nodes(gm)
+            folder = GraphFolder(gm, region.path, region.shapes if self.ref else None)
+            try:
+                changed |= folder.run()
+            except Exception as exc:  # a broken graph rewrite: keep the original region
+                logger.warning("bnfold: folding region %r failed: %s", region.path, exc)
+                self.report.warn(f"folding '{region.path or '<root>'}' failed ({exc}): skipped")
+                continue
+            if not changed:
+                self.outcomes.extend(folder.outcomes)
+                dropouts.extend(entries)
+                continue
+            gm.graph.lint()
+            gm.recompile()
+            self.model = install(self.model, region.path, gm)
+            if self.checking and not self._matches():
+                self.model = install(self.model, region.path, region.original)
+                self.report.warn(
+                    f"folds in '{region.path or '<root>'}' changed the outputs: undone"
+                )
+                continue
+            self.outcomes.extend(folder.outcomes)
+            dropouts.extend(entries)
+
+    def _regions(self) -> list[Region]:
+        regions, self.failures = find_regions(self.model)
+        for path, why in self.failures.items():
+            self.report.warn(f"torch.fx cannot trace '{path}' ({why}); folding its parts instead")
+        if self.ref is None:
+            return regions
+        good: list[Region] = []
+        pending = regions
+        for _ in range(8):  # nested fallbacks; each level moves one module deeper
+            ok, bad = validate_regions(self.model, pending, self._matches, install)
+            good.extend(ok)
+            pending = []
+            for region in bad:
+                self.report.warn(
+                    f"the fx graph of '{region.path or '<root>'}' does not reproduce it"
+                )
+                sub, failures = find_regions(region.original, skip_root=True, prefix=region.path)
+                self.failures.update(failures)
+                pending.extend(sub)
+            if not pending:
+                break
+        return good
+
+    def _matches(self, model: nn.Module | None = None) -> bool:
+        assert self.ref is not None
+        return bool(self.ref.compare(self.model if model is None else model))
+
+    # -- adjacency ----------------------------------------------------------------------
+    def _fold_adjacent(self, dropouts: list[ReportEntry]) -> None:
+        assert self.inputs is not None
+        by_module: dict[int, list[Outcome]] = {}
+        for o in self.outcomes:
+            by_module.setdefault(o.module_id, []).append(o)
+        candidates = []
+        for module in self.model.modules():
+            if not is_batchnorm_like(module):
+                continue
+            mine = by_module.get(id(module), [])
+            if not mine or (len(mine) == 1 and mine[0].entry.status == "left"):
+                candidates.append(module)
+        try:
+            rec = record(self.model, self.inputs, frozenset(FUNCTIONAL_DROPOUT))
+        except Exception as exc:  # the recording run itself failed: nothing can be proven
+            self.report.warn(f"could not record a forward pass for adjacency ({exc})")
+            self._report_untraced()
+            return
+        self._report_functional_dropout(rec, dropouts)
+        folds, left = plan_adjacency_folds(self.model, rec, candidates)
+        for fold in folds:
+            fold.apply(self.model)
+        if folds and self.checking and not self._matches():
+            for fold in folds:
+                fold.undo(self.model)
+            kept = []
+            for fold in folds:
+                fold.apply(self.model)
+                if self._matches():
+                    kept.append(fold)
+                else:
+                    fold.undo(self.model)
+                    reason = "folding it changed the outputs (its input is used elsewhere?)"
+                    left.append(
+                        (
+                            fold.bn,
+                            dataclasses.replace(
+                                fold.entry, status="left", into=None, pattern=None, reason=reason
+                            ),
+                        )
+                    )
+            folds = kept
+        for bn, entry in [(f.bn, f.entry) for f in folds] + left:
+            mine = by_module.get(id(bn), [])
+            if mine:
+                if entry.status == "folded":
+                    mine[0].entry = dataclasses.replace(
+                        entry, name=mine[0].entry.name, scope=mine[0].entry.scope
+                    )
+                continue
+            self.outcomes.append(Outcome(id(bn), entry))
+
+    def _report_functional_dropout(self, rec: Any, dropouts: list[ReportEntry]) -> None:
+        for func, args, kwargs, stack in rec.functional:
+            if any(isinstance(rec.calls[i].module, fx.GraphModule) for i in stack):
+                continue  # reported from its graph
+            if functional_training_flag(func, args, kwargs) is False:
+                continue  # a no-op in eval mode
+            kind = f"F.{getattr(func, '__name__', 'dropout')}"
+            where = type(rec.calls[stack[-1]].module).__name__ if stack else "<root>"
+            reason = "training=True in code torch.fx cannot trace: active at inference"
+            dropouts.append(ReportEntry(f"{where}.{kind}", kind, "left", reason=reason))
+
+    def _report_untraced(self) -> None:
+        reported = {o.module_id for o in self.outcomes}
+        for path, module in self.model.named_modules():
+            if is_batchnorm_like(module) and id(module) not in reported:
+                reason = "not in code torch.fx can trace (pass example_inputs to fold by adjacency)"
+                self.outcomes.append(
+                    Outcome(
+                        id(module), ReportEntry(path, type(module).__name__, "left", reason=reason)
+                    )
+                )
+
+    def _cleanup(self) -> None:
+        for module in self.model.modules():
+            if isinstance(module, fx.GraphModule) and remove_identity_nodes(module):
+                module.recompile()
