@@ -1,0 +1,60 @@
+"""Interleaving order, sample bookkeeping and the statistics of bnfold.bench.timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnfold.bench.timing import Latency, Speedup, auto_iters, quantile, run_interleaved
+
+
+def test_runs_interleave_a_b_a_b_and_warmup_is_not_sampled():
+    calls: list[str] = []
+    rounds: list[int] = []
+    runners = [lambda: calls.append("A"), lambda: calls.append("B")]
+    samples = run_interleaved(runners, iters=3, warmup=2, on_round=lambda: rounds.append(1))
+    assert calls == ["A", "B"] * 5
+    assert len(rounds) == 5
+    assert [len(s) for s in samples] == [3, 3]
+    assert all(t >= 0 for s in samples for t in s)
+
+
+def test_three_models_run_round_robin():
+    calls: list[str] = []
+    runners = [lambda k=k: calls.append(k) for k in "ABC"]
+    run_interleaved(runners, iters=2)
+    assert "".join(calls) == "ABCABC"
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_quantile_matches_numpy(q):
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    assert quantile(values, q) == pytest.approx(np.quantile(values, q))
+
+
+def test_latency_summary():
+    lat = Latency.from_samples([3.0, 1.0, 2.0, 4.0, 100.0])
+    assert lat.median_ms == 3.0
+    assert lat.min_ms == 1.0
+    assert lat.runs == 5
+    assert lat.p90_ms == pytest.approx(np.quantile([1, 2, 3, 4, 100], 0.9))
+
+
+def test_speedup_is_taken_pair_by_pair():
+    # Drift doubles both times in the second half; the pairwise ratio stays 2.
+    baseline = [2.0, 2.0, 4.0, 4.0]
+    candidate = [1.0, 1.0, 2.0, 2.0]
+    s = Speedup.from_pairs(baseline, candidate)
+    assert (s.median, s.p10, s.p90, s.pairs) == (2.0, 2.0, 2.0, 4)
+
+
+def test_speedup_needs_equal_lengths():
+    with pytest.raises(ValueError):
+        Speedup.from_pairs([1.0, 2.0], [1.0])
+
+
+def test_auto_iters_clamps():
+    assert auto_iters(1.0, 2.0) == 500
+    assert auto_iters(100.0, 2.0) == 20
+    assert auto_iters(1000.0, 2.0) == 10
+    assert auto_iters(0.0, 2.0) == 500
