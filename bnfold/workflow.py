@@ -32,6 +32,7 @@ class FoldFileOptions:
     bench: bool = False
     in_place: bool = False
     assume_eval: bool = False
+    rewrite_standalone: bool = False
     allow_graph_input_params: bool = False
     seeds: int = 3
     provider: str = "cpu"
@@ -112,6 +113,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,
+        rewrite_standalone=options.rewrite_standalone,
         allow_graph_input_params=options.allow_graph_input_params,
     )
     outcome.report = result.report
@@ -122,8 +124,13 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
             return
         from bnfold.verify.api import verify
 
+        reference: Any = src
+        if options.assume_eval:  # compare with the original read with inference semantics
+            from bnfold.onnx.eval_mode import inference_reference
+
+            reference = inference_reference(src)
         outcome.verification = verify(
-            src, tmp_model, seeds=options.seeds, provider=options.provider
+            reference, tmp_model, seeds=options.seeds, provider=options.provider
         )
         if not outcome.verification and not options.force:
             raise NotEquivalentError(

@@ -42,6 +42,12 @@ written unless --force); 2 bad input or usage (one-line message).
     "statistics).",
 )
 @click.option(
+    "--rewrite-standalone",
+    is_flag=True,
+    help="Rewrite BatchNorm that can fold nowhere into Mul/Add (exact; usually slower in "
+    "onnxruntime, so off by default).",
+)
+@click.option(
     "--fold-overridable",
     is_flag=True,
     help="Also fold parameters that are graph inputs with defaults (overridable at run time).",
@@ -71,6 +77,7 @@ def fold(
     force: bool,
     do_bench: bool,
     assume_eval: bool,
+    rewrite_standalone: bool,
     fold_overridable: bool,
     in_place: bool,
     seeds: int,
@@ -95,6 +102,7 @@ def fold(
         bench=do_bench,
         in_place=in_place,
         assume_eval=assume_eval,
+        rewrite_standalone=rewrite_standalone,
         allow_graph_input_params=fold_overridable,
         seeds=seeds,
         provider=provider,

@@ -55,7 +55,10 @@ class OnnxFoldResult:
                 f"{out}: output path is the input model; choose another path "
                 "(or pass overwrite_input=True / --in-place)"
             )
-        return io.save_model(self.ir_model, out, before_commit=before_commit)
+        in_place = source is not None and io.same_file(source, out)
+        return io.save_model(
+            self.ir_model, out, before_commit=before_commit, replaces_source=in_place
+        )
 
     def describe(self) -> str:
         return self.report.describe()
@@ -66,9 +69,13 @@ def fold_onnx(
     *,
     allow_graph_input_params: bool = False,
     assume_eval: bool = False,
+    rewrite_standalone: bool = False,
     max_iterations: int = 20,
 ) -> OnnxFoldResult:
     """Fold every foldable BatchNorm and strip inference Dropout.
+
+    ``rewrite_standalone`` also turns BN that fold nowhere into Mul/Add (slower in
+    onnxruntime CPU, so off by default).
 
     ``model`` may be a path, serialized bytes, an ``onnx.ModelProto`` or an
     ``onnx_ir.Model``; the input is never modified (onnx-ir input is cloned).
@@ -76,6 +83,7 @@ def fold_onnx(
     options = FoldOptions(
         allow_graph_input_params=allow_graph_input_params,
         assume_eval=assume_eval,
+        rewrite_standalone=rewrite_standalone,
         max_iterations=max_iterations,
     )
     ir_model, kind, source_path = _to_ir(model)

@@ -23,6 +23,7 @@ class FoldOptions:
 
     allow_graph_input_params: bool = False  # fold parameters that are overridable graph inputs
     assume_eval: bool = False  # treat training-mode BN/Dropout as inference
+    rewrite_standalone: bool = False  # BN that folds nowhere → Mul/Add (slower in ORT CPU)
     max_iterations: int = 20
 
 
@@ -48,11 +49,28 @@ class FoldContext:
         self._tracked: dict[int, _Tracked] = {}
         self._names: set[str] = set()
         self._function_graphs: set[int] = set()
+        self._graphs: list[tuple[ir.Graph | ir.Function, str]] | None = None
         self._scan()
+        if model.ir_version < 4 and not self.options.allow_graph_input_params:
+            # IR 3 *requires* every initializer to be listed as a graph input: that is the
+            # format, not a request to override weights at run time.
+            self.options = dataclasses.replace(self.options, allow_graph_input_params=True)
+            self.report.warn(
+                f"IR version {model.ir_version}: initializers listed as graph inputs (required "
+                "by that format) are treated as constants"
+            )
 
     # -- graph walking ---------------------------------------------------------------
     def all_graphs(self) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
-        """Every graph with nodes: main graph, subgraphs, functions (and their subgraphs)."""
+        """Every graph with nodes: main graph, subgraphs, functions (and their subgraphs).
+
+        Computed once per run: passes never create or delete subgraphs.
+        """
+        if self._graphs is None:
+            self._graphs = list(self._walk_graphs())
+        return iter(self._graphs)
+
+    def _walk_graphs(self) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
         yield self.model.graph, ""
         for sub in self.model.graph.subgraphs():
             yield sub, f"subgraph:{sub.name or '?'}"
@@ -122,6 +140,8 @@ class FoldContext:
             const_value=tensor,
         )
         graph.register_initializer(value)  # type: ignore[union-attr]
+        if self.model.ir_version < 4:  # IR 3 requires every initializer to be a graph input
+            self.model.ir_version = 4
         return value
 
     # -- outcome record --------------------------------------------------------------
@@ -131,6 +151,11 @@ class FoldContext:
         if tracked is not None and tracked.status == "left":
             tracked.reason = reason
             logger.debug("skip %s: %s", tracked.name, reason)
+
+    def reason_of(self, node: ir.Node) -> str | None:
+        """The reason (or note) currently recorded for a tracked node."""
+        tracked = self._tracked.get(id(node))
+        return tracked.reason if tracked is not None else None
 
     def done(
         self,

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
 
-from bnfold.errors import BnfoldError, ExternalDataError, ModelLoadError, OutputError
-from bnfold.onnx import lite
+from bnfold.errors import (
+    BnfoldError,
+    ExternalDataError,
+    ModelLoadError,
+    OutputError,
+    VerificationError,
+)
+from bnfold.onnx import lite, outputs, sniff, stream_save, validate
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file")
+        raise ModelLoadError(f"{path}: is a folder, not an ONNX model file")
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -46,6 +51,7 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     except Exception as err:
         raise ModelLoadError(f"{path}: model structure is invalid ({_one_line(err)})") from err
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    validate.validate_model(model, str(path))
     return model
 
 
@@ -53,15 +59,26 @@ def load_proto(path: Path) -> onnx.ModelProto:
     """Parse the protobuf (no external data) and run the structural ONNX checker."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as err:
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({_one_line(err)})") from err
-    except Exception as err:  # protobuf raises a variety of errors on garbage
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({_one_line(err)})") from err
+    except OSError as err:
+        raise ModelLoadError(f"{path}: cannot read ({outputs.os_reason(err)})") from err
+    except Exception as err:  # DecodeError, RuntimeError, … on garbage or a cut-off file
+        raise ModelLoadError(f"{path}: {_not_onnx(path, err)}") from err
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and not proto.graph.output):
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph found)")
-    check_external_data(proto, path.parent)
+        raise ModelLoadError(f"{path}: {_not_onnx(path, None)}")
+    validate.validate_proto(proto, str(path))
+    check_external_data(proto, path.parent, str(path))
     check_proto(proto, str(path))
     return proto
+
+
+def _not_onnx(path: Path, err: BaseException | None) -> str:
+    """Why a file is not ONNX: a recognised foreign format, else corrupt/truncated protobuf."""
+    kind = sniff.foreign_format(path)
+    if kind is not None:
+        return f"not an ONNX model: the file is {kind}"
+    if err is None:
+        return "not an ONNX model: no graph found (truncated, or not an ONNX file)"
+    return f"not a valid ONNX model: data is corrupt or truncated ({_one_line(err)})"
 
 
 def check_proto(proto: onnx.ModelProto, label: str) -> None:
@@ -78,37 +95,39 @@ def check_proto(proto: onnx.ModelProto, label: str) -> None:
         raise ModelLoadError(f"{label}: fails the ONNX checker: {_one_line(err)}") from err
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external data that is missing, truncated, or outside the model's folder."""
+def check_external_data(proto: onnx.ModelProto, base_dir: Path, label: str = "model") -> None:
+    """Refuse external data that is missing, truncated, or outside the model's folder.
+
+    Escaping locations are refused from their text and resolved path alone: never opened.
+    """
     base = base_dir.resolve()
     for tensor in _all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        what = f"{label}: tensor '{tensor.name}' external data '{location}'"
         if not location:
-            raise ExternalDataError(f"tensor '{tensor.name}' has external data with no location")
+            raise ExternalDataError(f"{label}: tensor '{tensor.name}' has no data location")
         if os.path.isabs(location) or location.startswith(("/", "\\")):
-            raise ExternalDataError(
-                f"tensor '{tensor.name}' external data path '{location}' is absolute; refused"
-            )
+            raise ExternalDataError(f"{what} is an absolute path; refused")
         target = (base / location).resolve()
         if target != base and base not in target.parents:
-            raise ExternalDataError(
-                f"tensor '{tensor.name}' external data '{location}' escapes the model folder; "
-                "refused"
-            )
+            raise ExternalDataError(f"{what} escapes the model folder; refused")
         if not target.is_file():
-            raise ExternalDataError(f"tensor '{tensor.name}' external data '{location}' is missing")
+            raise ExternalDataError(f"{what} is missing")
+        links = target.stat().st_nlink
+        if links > 1:
+            raise ExternalDataError(
+                f"{what} has {links} hard links; refused (a hard link can expose files from "
+                "outside the folder): copy it"
+            )
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
         need = offset + (int(length) if length else _expected_bytes(tensor))
         have = target.stat().st_size
         if need > have:
-            raise ExternalDataError(
-                f"tensor '{tensor.name}' external data '{location}' is truncated "
-                f"(needs {need} bytes, file has {have})"
-            )
+            raise ExternalDataError(f"{what} is truncated (needs {need} bytes, file has {have})")
 
 
 def _expected_bytes(tensor: onnx.TensorProto) -> int:
@@ -151,46 +170,95 @@ def save_model(
     *,
     external_data: bool | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    replaces_source: bool = False,
 ) -> Path:
     """Write ``model`` atomically; external data (``<name>.data``) beside it when needed.
 
     ``external_data=None`` decides automatically: external when the input had external
     data or the weights exceed the 2 GB protobuf limit. ``before_commit`` is called with
     the fully written temporary model path before anything is moved into place; if it
-    raises, nothing is written.
+    raises, nothing is written. Files are flushed to disk before the rename, and the
+    data file never takes the name of a file the input or the replaced output still
+    reads, so an interrupted commit cannot pair a model with foreign weights.
+    ``replaces_source`` (in-place) lets the input's own stale data file be removed.
     """
     out = Path(path)
     folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{folder}: output folder is not writable")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a directory")
+    check_output_path(out, folder)
     if external_data is None:
         external_data = has_external_tensors(model) or model_bytes(model) > EXTERNAL_THRESHOLD
-    data_name = f"{out.name}.data" if external_data else None
+    sources = outputs.source_data_files(model)
+    replaced = outputs.referenced_data_files(out)
+    data_name = outputs.data_file_name(out, sources | replaced) if external_data else None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".bnfold-tmp", dir=folder))
     except OSError as err:
-        raise OutputError(f"{folder}: cannot write ({err.strerror})") from err
+        raise OutputError(f"{folder}: cannot write there ({outputs.os_reason(err)})") from err
     try:
-        tmp_model = tmp / out.name
-        ir.save(model, tmp_model, external_data=data_name)
-        if before_commit is not None:
-            before_commit(tmp_model)
-        if data_name is not None:
-            os.replace(tmp / data_name, folder / data_name)
-        os.replace(tmp_model, out)
+        _write_and_commit(model, tmp, out, data_name, before_commit)
     except BnfoldError:
         raise
     except OSError as err:
-        raise OutputError(f"{out}: write failed ({err.strerror or err}); nothing written") from err
+        raise OutputError(f"{out}: {outputs.os_reason(err)}; nothing written") from err
     except Exception as err:
         raise OutputError(f"{out}: write failed ({_one_line(err)}); nothing written") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    keep = {(folder / data_name).resolve()} if data_name else set()
+    if not replaces_source:
+        keep |= sources
+    outputs.remove_quietly(p for p in outputs.owned_data_files(out, replaced) if p not in keep)
     return out
+
+
+def check_output_path(out: Path, folder: Path) -> None:
+    """Refuse outputs that cannot be written, before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: output folder is a file, not a folder")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: output folder is not writable (permission denied)")
+    if out.is_dir():
+        raise OutputError(f"{out}: output path is a directory")
+
+
+def _write_and_commit(
+    model: ir.Model,
+    tmp: Path,
+    out: Path,
+    data_name: str | None,
+    before_commit: Callable[[Path], None] | None,
+) -> None:
+    """Write into ``tmp``, flush, check, then rename into place (data first, model last)."""
+    tmp_model = tmp / out.name
+    if data_name is None:
+        stream_save.write_inline(model, tmp_model)  # no full-model protobuf copy
+    else:
+        ir.save(model, tmp_model, external_data=data_name)
+    # No fsync of the files: os.replace is atomic against crashes and interrupts, and a
+    # full flush of a 100 MB model costs more than folding it. The rename is persisted.
+    if before_commit is not None:
+        try:
+            before_commit(tmp_model)
+        except BnfoldError:
+            raise
+        except Exception as err:  # not a write failure: say what failed
+            raise VerificationError(
+                f"{out}: not written: the check before writing failed "
+                f"({type(err).__name__}: {_one_line(err)})"
+            ) from err
+    if data_name is None:
+        os.replace(tmp_model, out)
+    else:
+        data = out.parent / data_name  # a fresh name: no model reads it yet
+        os.replace(tmp / data_name, data)
+        try:
+            os.replace(tmp_model, out)
+        except BaseException:
+            outputs.remove_quietly([data])
+            raise
+    outputs.fsync_dir(out.parent)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -136,7 +136,9 @@ def _prepare_conv(
         if isinstance(got, str):
             return got
         b = got.reshape(-1)
-        if b.shape[0] != channels:
+        if b.shape[0] != channels and not np.any(b):
+            b = None  # all-zero bias of a wrong shape (torch dynamo Conv3d export): no bias
+        elif b.shape[0] != channels:
             return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
     if transpose:
         new_w64 = foldmath.scale_conv_transpose_output(w, s, group)

@@ -6,17 +6,26 @@ import logging
 
 import onnx_ir as ir
 from onnx_ir.passes.common import (
-    IdentityEliminationPass,
     RemoveUnusedNodesPass,
     ShapeInferencePass,
     TopologicalSortPass,
 )
 
 from bnfold.onnx.context import FoldContext, FoldOptions
+from bnfold.onnx.explain import explain_left
+from bnfold.onnx.passes.absorb_identity_term import AbsorbIdentityTermPass
 from bnfold.onnx.passes.fold_batchnorm import FoldBatchNormIntoProducerPass
 from bnfold.onnx.passes.fold_channel_affine import FoldChannelAffinePass
 from bnfold.onnx.passes.fold_constants import FoldConstantsPass
+from bnfold.onnx.passes.fold_consumer import FoldBatchNormIntoConsumerPass
+from bnfold.onnx.passes.fold_identity_branch import FoldBatchNormIdentityBranchPass
+from bnfold.onnx.passes.fold_through_add import FoldBatchNormThroughAddPass
+from bnfold.onnx.passes.fold_through_concat import FoldBatchNormThroughConcatPass
+from bnfold.onnx.passes.fold_through_layout import FoldBatchNormThroughLayoutPass
+from bnfold.onnx.passes.identity import KeepOutputNamesIdentityEliminationPass
+from bnfold.onnx.passes.rewrite_standalone import RewriteStandaloneBatchNormPass
 from bnfold.onnx.passes.strip_dropout import StripDropoutPass
+from bnfold.onnx.passes.switch_to_inference import SwitchToInferencePass
 from bnfold.report import FoldReport
 
 logger = logging.getLogger(__name__)
@@ -26,7 +35,7 @@ SHAPES_INFERRED = "bnfold_shapes_inferred"
 
 def normalise_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
     """Passes that make exporter output matchable (identities, computed constants)."""
-    return [IdentityEliminationPass(), FoldConstantsPass(ctx)]
+    return [KeepOutputNamesIdentityEliminationPass(), FoldConstantsPass(ctx)]
 
 
 def fold_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
@@ -35,7 +44,18 @@ def fold_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
         StripDropoutPass(ctx),
         FoldChannelAffinePass(ctx),
         FoldBatchNormIntoProducerPass(ctx),
+        FoldBatchNormThroughLayoutPass(ctx),
+        FoldBatchNormThroughConcatPass(ctx),
+        AbsorbIdentityTermPass(ctx),
+        FoldBatchNormThroughAddPass(ctx),
+        FoldBatchNormIntoConsumerPass(ctx),
+        FoldBatchNormIdentityBranchPass(ctx),
     ]
+
+
+def final_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
+    """After the fixpoint: leftover training BN → inference (assume_eval), opt-in rewrite."""
+    return [SwitchToInferencePass(ctx), RewriteStandaloneBatchNormPass(ctx)]
 
 
 def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldReport:
@@ -53,6 +73,8 @@ def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldRep
         _run_all(normalise, model)
     else:
         ctx.report.warn(f"stopped after {ctx.options.max_iterations} fold iterations")
+    explain_left(ctx)
+    _run_all(final_passes(ctx), model)
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
     if ctx.options.assume_eval:

@@ -11,6 +11,7 @@ from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.context import display_name
 from bnfold.onnx.layers import PRODUCER_OPS, Rewrite, matmul_bias_add, prepare_output_affine
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.uses import content_uses
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _exclusive(value: ir.Value, consumer: str) -> str | None:
     """None when ``value`` feeds only its one consumer and is not a graph output."""
     if value.is_graph_output():
         return "is also a graph output"
-    users = value.uses()
+    users = content_uses(value)  # Shape(x) reads no values: a fold cannot change it
     if len(users) != 1:
         others = sorted({u.node.op_type for u in users})
         return f"has {len(users)} consumers ({', '.join(others)}), not only the {consumer}"

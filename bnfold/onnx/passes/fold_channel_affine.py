@@ -22,6 +22,7 @@ from bnfold.onnx.layers import (
     prepare_output_affine,
 )
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.uses import content_uses
 
 logger = logging.getLogger(__name__)
 
@@ -121,4 +122,4 @@ def _channels(layer: ir.Node) -> int | None:
 
 
 def _exclusive(value: ir.Value) -> bool:
-    return not value.is_graph_output() and len(value.uses()) == 1
+    return not value.is_graph_output() and len(content_uses(value)) == 1

@@ -46,6 +46,10 @@ class StripDropoutPass(BnfoldPass):
             )
         if not node.inputs or node.inputs[0] is None:
             return "Dropout has no data input"
+        if len(node.outputs) > 1 and _is_used(node.outputs[1]) and self.opset(node) < 9:
+            rank = _rank(node.inputs[0], node.outputs[1])
+            if self.opset(node) < 6 or rank is None:
+                return "Dropout's mask is used and cannot be rebuilt (opset < 6 or unknown rank)"
         return None
 
     def training_mode(self, node: ir.Node) -> bool | None:
@@ -66,34 +70,47 @@ class StripDropoutPass(BnfoldPass):
         graph = node.graph
         if len(node.outputs) > 1 and _is_used(node.outputs[1]):
             self.replace_mask(node, data)
+        # read before removal: a removed node's inputs are detached
+        note = "training-mode Dropout removed (--assume-eval)" if self.training_mode(node) else None
         if _is_used(out):
             if out.is_graph_output() and is_graph_boundary(data):
                 ident = ir.Node("", "Identity", inputs=[data], name=node.name or None)
+                ident.outputs[0].type = out.type
+                ident.outputs[0].shape = out.shape
                 graph.insert_before(node, ident)
                 replace_output(out, ident.outputs[0])
             else:
                 replace_output(out, data)
         graph.remove(node, safe=True)
-        note = "training-mode Dropout removed (--assume-eval)" if self.training_mode(node) else None
         self.ctx.done(node, "removed", pattern="Dropout→identity", note=note)
 
     def replace_mask(self, node: ir.Node, data: ir.Value) -> None:
-        """mask = ConstantOfShape(Shape(data), value=True) (input dtype 1.0 before opset 7)."""
+        """An all-true mask shaped like ``data``: bool from opset 10, 1 in data's dtype before.
+
+        ``ConstantOfShape(Shape(data))`` from opset 9; ``Tile(ones, Shape(data))`` before.
+        """
         mask = node.outputs[1]
-        if self.opset(node) >= 7:
-            fill = np.array([True])
+        opset = self.opset(node)
+        if opset >= 10:
+            fill = np.ones(1, dtype=np.bool_)
         else:
             fill = np.ones(1, dtype=data.dtype.numpy() if data.dtype else np.float32)
         name = self.ctx.unique_name(f"{mask.name}_all_true")
         shape = ir.Node("", "Shape", inputs=[data], name=f"{name}_shape")
         shape.outputs[0].name = self.ctx.unique_name(f"{name}_shape")
-        const = ir.Node(
-            "",
-            "ConstantOfShape",
-            inputs=[shape.outputs[0]],
-            attributes=[ir.AttrTensor("value", ir.Tensor(fill))],
-            name=name,
-        )
+        if opset >= 9:
+            const = ir.Node(
+                "",
+                "ConstantOfShape",
+                inputs=[shape.outputs[0]],
+                attributes=[ir.AttrTensor("value", ir.Tensor(fill))],
+                name=name,
+            )
+        else:  # Tile-6: ones of shape (1,)*rank, repeated Shape(data) times
+            rank = _rank(data, mask)
+            assert rank is not None
+            ones = self.ctx.new_constant(node, fill.reshape((1,) * rank), f"{name}_one")
+            const = ir.Node("", "Tile", inputs=[ones, shape.outputs[0]], name=name)
         const.outputs[0].name = name
         const.outputs[0].type = mask.type
         const.outputs[0].shape = mask.shape
@@ -104,3 +121,10 @@ class StripDropoutPass(BnfoldPass):
 
 def _is_used(value: ir.Value) -> bool:
     return bool(value.uses()) or value.is_graph_output()
+
+
+def _rank(data: ir.Value, mask: ir.Value) -> int | None:
+    for value in (data, mask):
+        if value.shape is not None:
+            return len(value.shape)
+    return None

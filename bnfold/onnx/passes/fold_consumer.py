@@ -1,0 +1,38 @@
+"""FoldBatchNormIntoConsumerPass: BN → Conv (unpadded) / Gemm / MatMul with constant weights.
+
+For a BN its producer cannot absorb (pre-activation networks, BN on the network input,
+BN after a pooling op): ``L(s·x + t) = L'(x)`` with the input-side fold math of
+``consumers.py``. The BN output must feed only that layer (possibly through layout ops)
+and must not be a graph output; a padded Conv is left with that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bnfold.onnx.batchnorm import read_batchnorm
+from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.consumers import plan_input_affine
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.producers import Plan, drop_batchnorm
+
+logger = logging.getLogger(__name__)
+
+
+class FoldBatchNormIntoConsumerPass(BnfoldPass):
+    """Fold a frozen BN into the linear layer that reads its output."""
+
+    def run(self) -> bool:
+        modified = False
+        for node in self.ctx.all_nodes():
+            if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
+                continue
+            bn = read_batchnorm(self.ctx, node)
+            if isinstance(bn, str):
+                continue  # the producer pass already recorded this reason
+            plan = plan_input_affine(self.ctx, node.outputs[0], 1, bn.scale, bn.shift)
+            if not isinstance(plan, Plan):
+                continue  # the final explanation names both sides' blockers
+            drop_batchnorm(self.ctx, node, plan, "BN→" + "→".join(plan.path) + " (consumer)")
+            modified = True
+        return modified

@@ -1,0 +1,46 @@
+"""Reading a tree of Adds as one sum: its leaf terms and the Add that consumes each."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+
+from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.uses import content_uses
+
+logger = logging.getLogger(__name__)
+
+
+def sum_leaves(top: ir.Node) -> list[tuple[ir.Value, ir.Node]]:
+    """(term, the Add reading it) for every leaf of the sum rooted at ``top``.
+
+    Descends only into inner Adds whose output feeds nothing else and has the sum's shape
+    (no broadcasting), so rewriting inside the tree cannot change any other value.
+    """
+    out_shape = top.outputs[0].shape
+    leaves: list[tuple[ir.Value, ir.Node]] = []
+    stack = [top]
+    while stack:
+        add = stack.pop()
+        for term in add.inputs:
+            if term is None:
+                continue
+            inner = term.producer()
+            if (
+                inner is not None
+                and is_onnx_op(inner, "Add")
+                and len(inner.inputs) == 2
+                and exclusive(term)
+                and out_shape is not None
+                and term.shape == out_shape
+            ):
+                stack.append(inner)
+            else:
+                leaves.append((term, add))
+    return leaves
+
+
+def exclusive(value: ir.Value) -> bool:
+    """True when only one node reads the value's contents and it is not a graph output."""
+    return not value.is_graph_output() and len(content_uses(value)) == 1

@@ -1,0 +1,316 @@
+"""Graph-building and checking helpers for the ONNX folding tests.
+
+Every BatchNorm built here has randomised γ, β, μ and σ² (the defaults hide bugs), and
+every numeric comparison runs onnxruntime with ``ORT_DISABLE_ALL`` on both sides
+(onnxruntime fuses Conv+BN itself at its default level, which would hide folding bugs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from bnfold.report import ReportEntry
+
+OPSET = 17
+ModelLike = onnx.ModelProto | ir.Model | bytes | str | os.PathLike[str]
+
+
+# -- random parameters ---------------------------------------------------------------------
+def make_bn_params(
+    c: int, rng: np.random.Generator, dtype: Any = np.float32
+) -> dict[str, np.ndarray]:
+    """Random BN γ, β, μ, σ² (γ of both signs, σ² in [0.3, 2.5])."""
+    sign = rng.choice([-1.0, 1.0], size=c)
+    return {
+        "scale": (sign * rng.uniform(0.5, 2.0, c)).astype(dtype),
+        "bias": rng.normal(0.0, 1.0, c).astype(dtype),
+        "mean": rng.normal(0.0, 1.0, c).astype(dtype),
+        "var": rng.uniform(0.3, 2.5, c).astype(dtype),
+    }
+
+
+def rand(rng: np.random.Generator, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+    """Normal(0, 0.5) values of ``shape``."""
+    return rng.normal(0.0, 0.5, tuple(shape)).astype(dtype)
+
+
+# -- a tiny graph builder ------------------------------------------------------------------
+class GraphBuilder:
+    """Collects nodes, initializers and I/O; ``build()`` returns a checked ModelProto."""
+
+    def __init__(self, seed: int = 0, dtype: Any = np.float32) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._count = 0
+
+    @property
+    def elem(self) -> int:
+        return helper.np_dtype_to_tensor_dtype(self.dtype)
+
+    def fresh(self, base: str) -> str:
+        self._count += 1
+        return f"{base}{self._count}"
+
+    def input(self, name: str, shape: Sequence[int | str], elem: int | None = None) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem or self.elem, list(shape)))
+        return name
+
+    def output(self, name: str, rank: int, elem: int | None = None) -> str:
+        """A graph output of known rank (dims left unknown)."""
+        shape = [None] * rank
+        self.outputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
+        return name
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """Add an initializer holding ``array`` (as given, no dtype change)."""
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def weight(self, name: str, shape: Sequence[int]) -> str:
+        """A random initializer in the builder's dtype."""
+        return self.const(name, rand(self.rng, shape, self.dtype))
+
+    def node(
+        self,
+        op: str,
+        inputs: Sequence[str],
+        n_out: int = 1,
+        name: str | None = None,
+        outputs: Sequence[str] | None = None,
+        **attrs: Any,
+    ) -> str:
+        """Append a node; returns its first output name."""
+        name = name or self.fresh(op.lower())
+        outs = list(outputs) if outputs is not None else [f"{name}_out{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
+        return outs[0]
+
+    def bn(
+        self,
+        x: str,
+        c: int,
+        name: str | None = None,
+        params: dict[str, np.ndarray] | None = None,
+        output: str | None = None,
+        extra_outputs: Sequence[str] = (),
+        **attrs: Any,
+    ) -> str:
+        """BatchNormalization with random parameters (or ``params``) over ``c`` channels."""
+        name = name or self.fresh("bn")
+        p = params if params is not None else make_bn_params(c, self.rng, self.dtype)
+        names = [self.const(f"{name}.{k}", p[k]) for k in ("scale", "bias", "mean", "var")]
+        outputs = [output or f"{name}_out0", *extra_outputs]
+        return self.node("BatchNormalization", [x, *names], name=name, outputs=outputs, **attrs)
+
+    def build(self, opset: int = OPSET, ir_version: int = 8, check: bool = True) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, "g", self.inputs, self.outputs, initializer=self.initializers
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", opset)],
+            ir_version=ir_version,
+            producer_name="bnfold-tests",
+        )
+        if check:
+            onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+# -- running and comparing -----------------------------------------------------------------
+def to_proto(model: ModelLike) -> onnx.ModelProto:
+    """Any model form as a ModelProto (paths load external data)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, ir.Model):
+        return ir.serde.serialize_model(model)
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    return onnx.load(os.fspath(model))
+
+
+def session(model: ModelLike) -> ort.InferenceSession:
+    """An onnxruntime CPU session with every graph optimisation disabled."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    if isinstance(model, (str, os.PathLike)):
+        source: Any = os.fspath(model)
+    else:
+        source = to_proto(model).SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def ort_run(model: ModelLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``model`` under ORT_DISABLE_ALL; outputs by name."""
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def random_feeds(
+    model: ModelLike, rng: np.random.Generator, batch: int = 2
+) -> dict[str, np.ndarray]:
+    """Random values for every real graph input (symbolic dims become ``batch``)."""
+    proto = to_proto(model)
+    inits = {t.name for t in proto.graph.initializer}
+    feeds: dict[str, np.ndarray] = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        ttype = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else batch for d in ttype.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        if dtype == np.bool_:
+            feeds[vi.name] = np.zeros(shape, dtype=np.bool_)
+        else:
+            feeds[vi.name] = rng.normal(0.0, 1.0, shape).astype(dtype)
+    return feeds
+
+
+def max_error(ref: np.ndarray, cand: np.ndarray) -> float:
+    """max |ref − cand| relative to max |ref| (floored at 1e-3)."""
+    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+    scale = max(float(np.max(np.abs(r), initial=0.0)), 1e-3)
+    return float(np.max(np.abs(r - c), initial=0.0)) / scale
+
+
+def assert_close(ref: np.ndarray, cand: np.ndarray, tol: float = 1e-4, what: str = "") -> None:
+    """Same shape and dtype; max abs error ≤ ``tol`` × output scale (exact for bools)."""
+    ref, cand = np.asarray(ref), np.asarray(cand)
+    assert ref.shape == cand.shape, f"{what}: shape {cand.shape} != {ref.shape}"
+    assert ref.dtype == cand.dtype, f"{what}: dtype {cand.dtype} != {ref.dtype}"
+    if ref.dtype == np.bool_ or np.issubdtype(ref.dtype, np.integer):
+        np.testing.assert_array_equal(cand, ref, err_msg=what)
+        return
+    err = max_error(ref, cand)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+def assert_equivalent(
+    reference: ModelLike, candidate: ModelLike, seeds: Iterable[int] = (0, 1, 2), tol: float = 1e-4
+) -> None:
+    """Both models give the same outputs (by name) on several random input sets."""
+    ref_sess, cand_sess = session(reference), session(candidate)
+    ref_names = [o.name for o in ref_sess.get_outputs()]
+    assert [o.name for o in cand_sess.get_outputs()] == ref_names
+    for seed in seeds:
+        feeds = random_feeds(reference, np.random.default_rng(seed))
+        ref_out = ref_sess.run(ref_names, feeds)
+        cand_out = cand_sess.run(ref_names, feeds)
+        for name, r, c in zip(ref_names, ref_out, cand_out, strict=True):
+            assert_close(r, c, tol, f"output {name!r} (seed {seed})")
+
+
+# -- inspecting graphs ---------------------------------------------------------------------
+def op_types(model: ModelLike) -> list[str]:
+    """Op types of the main graph's nodes, in order."""
+    return [n.op_type for n in to_proto(model).graph.node]
+
+
+def op_count(model: ModelLike, op: str) -> int:
+    return op_types(model).count(op)
+
+
+def node_named(model: ModelLike, name: str) -> onnx.NodeProto:
+    matches = [n for n in to_proto(model).graph.node if n.name == name]
+    assert len(matches) == 1, f"expected one node named {name!r}, found {len(matches)}"
+    return matches[0]
+
+
+def initializer_array(model: ModelLike, name: str) -> np.ndarray:
+    for t in to_proto(model).graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    raise KeyError(name)
+
+
+def used_initializers(model: ModelLike) -> dict[str, bytes]:
+    """Serialized bytes of every initializer a node reads."""
+    proto = to_proto(model)
+    used = {i for n in proto.graph.node for i in n.input}
+    return {
+        t.name: numpy_helper.to_array(t).tobytes()
+        for t in proto.graph.initializer
+        if t.name in used
+    }
+
+
+def graph_signature(model: ModelLike) -> tuple[list[tuple[Any, ...]], dict[str, bytes]]:
+    """Nodes (op, inputs, outputs, attributes) and the bytes of the initializers they read."""
+    proto = to_proto(model)
+    nodes = [
+        (
+            n.op_type,
+            tuple(n.input),
+            tuple(n.output),
+            tuple(sorted(a.SerializeToString() for a in n.attribute)),
+        )
+        for n in proto.graph.node
+    ]
+    return nodes, used_initializers(proto)
+
+
+def assert_unchanged(original: ModelLike, folded: ModelLike) -> None:
+    """The folded graph computes exactly what the original does, node for node."""
+    assert graph_signature(folded) == graph_signature(original)
+
+
+def is_topologically_sorted(model: ModelLike) -> bool:
+    proto = to_proto(model)
+    g = proto.graph
+    known = {""} | {i.name for i in g.input} | {t.name for t in g.initializer}
+    for n in g.node:
+        if any(i not in known for i in n.input):
+            return False
+        known.update(n.output)
+    return True
+
+
+def assert_hygiene(original: ModelLike, folded: ModelLike) -> None:
+    """Names of graph I/O, opsets, metadata and doc strings kept; checker and topo order OK."""
+    a, b = to_proto(original), to_proto(folded)
+    assert [i.name for i in b.graph.input] == [i.name for i in a.graph.input]
+    assert [o.name for o in b.graph.output] == [o.name for o in a.graph.output]
+    opsets = {(o.domain or "ai.onnx", o.version) for o in a.opset_import}
+    assert {(o.domain or "ai.onnx", o.version) for o in b.opset_import} == opsets
+    assert [(p.key, p.value) for p in b.metadata_props] == [
+        (p.key, p.value) for p in a.metadata_props
+    ]
+    assert b.doc_string == a.doc_string
+    assert b.graph.doc_string == a.graph.doc_string
+    assert b.producer_name == a.producer_name
+    assert b.ir_version == a.ir_version
+    onnx.checker.check_model(b, full_check=True)
+    assert is_topologically_sorted(b)
+
+
+def entry(report: Any, name: str) -> ReportEntry:
+    """The report entry of the node called ``name``."""
+    matches = [e for e in report.entries if e.name == name]
+    assert len(matches) == 1, f"expected one report entry {name!r}: {report.describe()}"
+    return matches[0]
+
+
+def assert_left(report: Any, name: str, *fragments: str) -> ReportEntry:
+    """``name`` was left, with a reason containing every fragment (case-insensitive)."""
+    e = entry(report, name)
+    assert e.status == "left", f"{name} was {e.status}, expected left"
+    reason = (e.reason or "").lower()
+    for fragment in fragments:
+        assert fragment.lower() in reason, f"{fragment!r} not in reason {e.reason!r}"
+    return e
