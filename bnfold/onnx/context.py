@@ -48,6 +48,7 @@ class FoldContext:
         self.report = FoldReport()
         self._tracked: dict[int, _Tracked] = {}
         self._names: set[str] = set()
+        self._suffix: dict[str, int] = {}  # next suffix per base: keeps unique_name O(1)
         self._function_graphs: set[int] = set()
         self._graphs: list[tuple[ir.Graph | ir.Function, str]] | None = None
         self._scan()
@@ -109,10 +110,11 @@ class FoldContext:
     def unique_name(self, base: str) -> str:
         """A value name not used anywhere in the model, derived from ``base``."""
         base = base or "bnfold"
-        name, i = base, 0
+        name, i = base, self._suffix.get(base, 0)
         while name in self._names:
             i += 1
             name = f"{base}_{i}"
+        self._suffix[base] = i
         self._names.add(name)
         return name
 

@@ -79,6 +79,9 @@ class FoldConstantsPass(BnfoldPass):
 
     def evaluate(self, node: ir.Node) -> list[np.ndarray] | None:
         """Run one node in the reference evaluator; None when it cannot be evaluated."""
+        metadata = _metadata_only(node)
+        if metadata is not None:
+            return [metadata]
         feeds: dict[str, np.ndarray] = {}
         names: list[str] = []
         for i, value in enumerate(node.inputs):
@@ -97,7 +100,7 @@ class FoldConstantsPass(BnfoldPass):
             return None
         try:
             proto = _single_node_model(node, names, feeds, self.ctx.model.opset_imports)
-            outputs = ReferenceEvaluator(proto).run(None, feeds)
+            outputs = _evaluator(proto).run(None, feeds)
         except Exception as err:  # unsupported op or odd input: simply leave the node
             logger.debug("constant evaluation of %s failed: %s", node.op_type, err)
             return None
@@ -120,6 +123,47 @@ class FoldConstantsPass(BnfoldPass):
 
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+_EVALUATORS: dict[bytes, ReferenceEvaluator] = {}
+_MAX_CACHED = 512
+
+
+def _evaluator(proto: onnx.ModelProto) -> ReferenceEvaluator:
+    """A reference evaluator for a one-node model, shared by identical nodes.
+
+    Exporters repeat the same small subexpression for every layer (dynamo's computed zero
+    bias); building the evaluator dominates its cost. The key is the whole serialized
+    one-node model (op, attributes, input dtypes, opset), so sharing is exact.
+    """
+    key = proto.SerializeToString(deterministic=True)
+    found = _EVALUATORS.get(key)
+    if found is None:
+        if len(_EVALUATORS) >= _MAX_CACHED:
+            _EVALUATORS.clear()
+        found = _EVALUATORS[key] = ReferenceEvaluator(proto)
+    return found
+
+
+def _metadata_only(node: ir.Node) -> np.ndarray | None:
+    """Shape of a static tensor, or CastLike of a constant: answers that read no kernel."""
+    if is_onnx_op(node, "Shape") and node.inputs[0] is not None:
+        shape = _static_shape(node.inputs[0])
+        if shape is None:
+            return None
+        start = node.attributes.get("start")
+        end = node.attributes.get("end")
+        lo = start.as_int() if start is not None else 0
+        hi = end.as_int() if end is not None else len(shape)
+        return np.array(shape[slice(lo, hi)], dtype=np.int64)
+    if is_onnx_op(node, "CastLike") and len(node.inputs) == 2:
+        src, like = node.inputs
+        arr = constant_array(src) if src is not None else None
+        if arr is None or like is None or like.dtype is None:
+            return None
+        try:
+            return np.asarray(arr).astype(like.dtype.numpy())
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
