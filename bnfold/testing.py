@@ -1,0 +1,33 @@
+"""Helpers for test suites: ``assert_equivalent`` for pytest users.
+
+``assert_equivalent("model.onnx", "model.folded.onnx", seeds=5)`` passes silently when
+the models are equivalent and raises AssertionError with the full report otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bnfold.verify.result import VerifyResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["assert_equivalent"]
+
+
+def assert_equivalent(reference: Any, candidate: Any, **options: Any) -> VerifyResult:
+    """Verify two ONNX models; raise AssertionError with the full report when they differ.
+
+    Options are those of :func:`bnfold.verify.api.verify` (``inputs``, ``shapes``,
+    ``seeds``, ``rtol``, ``atol``, ``output_tolerances``, ``provider``, ``floor_factor``).
+    Returns the (passing) result.
+    """
+    __tracebackhide__ = True  # pytest: point at the caller, not at this helper
+    from bnfold.verify.api import verify
+
+    result = verify(reference, candidate, **options)
+    if not result:
+        raise AssertionError("models are not equivalent\n" + result.describe())
+    return result

@@ -1,0 +1,76 @@
+"""onnxruntime sessions for verification: no graph optimisation, an explicit provider."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bnfold.errors import ModelLoadError, VerificationError
+from bnfold.verify.signature import TensorSpec, spec_from_node_arg
+from bnfold.verify.source import ModelSource
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS = ("cpu", "cuda")
+_CUDA_MISSING = (
+    "CUDA provider not available: install onnxruntime-gpu and run on a machine with a GPU"
+)
+
+
+def provider_list(provider: str) -> list[Any]:
+    """onnxruntime providers for ``cpu`` or ``cuda``; never falls back silently."""
+    import onnxruntime as ort
+
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise VerificationError(_CUDA_MISSING)
+        # TF32 would add ~1e-3 relative noise to every convolution and hide real bugs.
+        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    raise VerificationError(f"unknown provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
+
+
+class ModelRunner:
+    """One onnxruntime session with ORT_DISABLE_ALL, plus the model's input/output specs."""
+
+    def __init__(self, source: ModelSource, provider: str) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # ORT's own Conv+BN fusion (ENABLE_BASIC and up) would hide folding bugs.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        providers = provider_list(provider)
+        try:
+            self.session = ort.InferenceSession(source.payload, options, providers=providers)
+        except Exception as err:
+            raise ModelLoadError(f"onnxruntime cannot load {source.label}: {_brief(err)}") from err
+        if provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise VerificationError(_CUDA_MISSING)
+        self.label = source.label
+        self.inputs: list[TensorSpec] = [
+            spec_from_node_arg(a, "input") for a in self.session.get_inputs()
+        ]
+        self.outputs: list[TensorSpec] = [
+            spec_from_node_arg(a, "output") for a in self.session.get_outputs()
+        ]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; every output comes back as a numpy array keyed by name."""
+        names = [o.name for o in self.outputs]
+        try:
+            values = self.session.run(names, dict(feeds))
+        except Exception as err:
+            raise VerificationError(
+                f"onnxruntime failed to run {self.label}: {_brief(err)}"
+            ) from err
+        return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def _brief(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
