@@ -1,18 +1,36 @@
-"""Folding many models: expand folders, run workers in parallel, print a summary table."""
+"""Folding many models: expand folders, run workers in parallel, print a summary table.
+
+One bad model never stops the others: each model's errors become its outcome, and a
+worker process that dies (out of memory, a crash in native code) is retried alone so
+that only the model that kills it is reported.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import multiprocessing
 import os
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
-from bnfold.errors import InputError
+from bnfold.errors import EXIT_BAD_INPUT, InputError
 from bnfold.workflow import FoldFileOptions, FoldFileOutcome, default_output, fold_file
+
+logger = logging.getLogger(__name__)
+
+Task = tuple[Path, FoldFileOptions]
 
 
 def expand_models(args: tuple[Path, ...]) -> list[Path]:
-    """Files as given; folders expand to their ``*.onnx`` files (folded outputs skipped)."""
+    """Files as given; folders expand to their ``*.onnx`` files (folded outputs skipped).
+
+    A model named twice (directly or through a folder) is folded once.
+    """
     paths: list[Path] = []
+    seen: set[Path] = set()
     for arg in args:
         if arg.is_dir():
             found = sorted(
@@ -20,10 +38,38 @@ def expand_models(args: tuple[Path, ...]) -> list[Path]:
             )
             if not found:
                 raise InputError(f"{arg}: folder contains no .onnx models")
-            paths.extend(found)
         else:
-            paths.append(arg)
+            found = [arg]
+        for path in found:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(path)
     return paths
+
+
+def plan_tasks(paths: list[Path], options: FoldFileOptions, output_dir: Path | None) -> list[Task]:
+    """One (model, options) per input; refuse two models that would write the same file."""
+    if output_dir is not None:
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InputError(f"{output_dir}: --output must be a folder when folding several models")
+        output_dir.mkdir(parents=True, exist_ok=True)
+    tasks: list[Task] = []
+    targets: dict[Path, Path] = {}
+    for path in paths:
+        opts = FoldFileOptions(**{**options.__dict__})
+        if output_dir is not None:
+            opts.output = output_dir / default_output(path).name
+        target = path if opts.in_place else (opts.output or default_output(path))
+        clash = targets.get(target.resolve())
+        if clash is not None:
+            raise InputError(
+                f"{clash} and {path} would both be written to {target}; fold them into "
+                "separate output folders"
+            )
+        targets[target.resolve()] = path
+        tasks.append((path, opts))
+    return tasks
 
 
 def run_batch(
@@ -35,40 +81,92 @@ def run_batch(
     quiet: bool = False,
 ) -> list[FoldFileOutcome]:
     """Fold each model in a worker process; one bad model never stops the others."""
-    if output_dir is not None:
-        if output_dir.exists() and not output_dir.is_dir():
-            raise InputError(f"{output_dir}: --output must be a folder when folding several models")
-        output_dir.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for path in paths:
-        opts = FoldFileOptions(**{**options.__dict__})
-        if output_dir is not None:
-            opts.output = output_dir / default_output(path).name
-        tasks.append((path, opts))
+    tasks = plan_tasks(paths, options, output_dir)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    outcomes: dict[int, FoldFileOutcome] = {}
     from bnfold.cli.render import batch_progress, render_summary
 
     with batch_progress(len(tasks), enabled=not quiet) as advance:
         if workers == 1:
+            outcomes = {}
             for i, (path, opts) in enumerate(tasks):
                 outcomes[i] = fold_file(path, opts)
                 advance(path.name)
         else:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(fold_file, p, o): i for i, (p, o) in enumerate(tasks)}
-                for fut in concurrent.futures.as_completed(futures):
-                    i = futures[fut]
-                    outcomes[i] = _result_or_crash(fut, tasks[i][0])
-                    advance(tasks[i][0].name)
+            outcomes = _run_pool(tasks, workers, advance)
     ordered = [outcomes[i] for i in range(len(tasks))]
     if not quiet:
         render_summary(ordered)
     return ordered
 
 
-def _result_or_crash(fut: concurrent.futures.Future, path: Path) -> FoldFileOutcome:  # type: ignore[type-arg]
+def _run_pool(
+    tasks: list[Task], workers: int, advance: Callable[[str], None]
+) -> dict[int, FoldFileOutcome]:
+    """Run tasks in a process pool; models caught in a pool crash are retried one by one.
+
+    On Ctrl-C the running models abort (their temporary files are removed) and queued
+    ones are skipped: nothing is written after the interrupt.
+    """
+    outcomes: dict[int, FoldFileOutcome] = {}
+    crashed: list[int] = []
+    stop = multiprocessing.Event()
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, initializer=_init_worker, initargs=(stop,)
+    ) as pool:
+        futures = {pool.submit(_fold_unless_stopped, p, o): i for i, (p, o) in enumerate(tasks)}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                i = futures[fut]
+                try:
+                    outcomes[i] = fut.result()
+                except BrokenProcessPool:
+                    crashed.append(i)  # this model, or one running beside it, killed a worker
+                    continue
+                except Exception as err:
+                    message = f"worker failed: {type(err).__name__}: {err}"
+                    outcomes[i] = _failed(tasks[i][0], message)
+                advance(tasks[i][0].name)
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    for i in sorted(crashed):
+        outcomes[i] = _run_isolated(*tasks[i])
+        advance(tasks[i][0].name)
+    return outcomes
+
+
+_STOP: Any = None  # the pool's stop event, inside a worker process
+
+
+def _init_worker(stop: Any) -> None:
+    global _STOP
+    _STOP = stop
+
+
+def _fold_unless_stopped(path: Path, options: FoldFileOptions) -> FoldFileOutcome:
+    """fold_file in a worker; skipped once the run is interrupted."""
+    if _STOP is not None and _STOP.is_set():
+        return _failed(path, "not folded: the run was interrupted")
     try:
-        return fut.result()
-    except Exception as err:  # a worker died (e.g. out of memory): report, carry on
-        return FoldFileOutcome(model=str(path), exit_code=2, error=f"worker failed: {err}")
+        return fold_file(path, options)
+    except KeyboardInterrupt:
+        if _STOP is not None:
+            _STOP.set()  # Ctrl-C reached this worker too: skip what is still queued
+        raise
+
+
+def _run_isolated(path: Path, opts: FoldFileOptions) -> FoldFileOutcome:
+    """Fold one model in a fresh single-worker pool, so a crash is pinned on it."""
+    logger.info("retrying %s alone after a worker crash", path)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(fold_file, path, opts).result()
+        except BrokenProcessPool:
+            return _failed(path, "worker process died while folding it (out of memory or a crash)")
+        except Exception as err:
+            return _failed(path, f"worker failed: {type(err).__name__}: {err}")
+
+
+def _failed(path: Path, message: str) -> FoldFileOutcome:
+    return FoldFileOutcome(model=str(path), exit_code=EXIT_BAD_INPUT, error=message)

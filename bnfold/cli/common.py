@@ -34,6 +34,11 @@ def guarded(func: F) -> F:
             raise
         except MemoryError:
             fail("out of memory", EXIT_BAD_INPUT)
+        except OSError as err:  # e.g. disk full while writing outside the atomic save
+            from bnfold.onnx.outputs import os_reason
+
+            where = f"{err.filename}: " if err.filename else ""
+            fail(f"{where}{os_reason(err)}", EXIT_BAD_INPUT)
         except Exception as err:  # the last line of defence: never a traceback
             import os
 

@@ -1,4 +1,4 @@
-"""Helpers for writing outputs safely: data-file names, durability, OS error messages."""
+"""Helpers for writing outputs safely: data-file names, renames that persist, OS errors."""
 
 from __future__ import annotations
 
@@ -91,15 +91,6 @@ def owned_data_files(out: Path, referenced: Iterable[Path]) -> list[Path]:
     pattern = re.compile(re.escape(out.name) + r"(\.\d+)?\.data")
     folder = out.parent.resolve()
     return sorted(p for p in referenced if p.parent == folder and pattern.fullmatch(p.name))
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a written file to disk before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:

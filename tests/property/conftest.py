@@ -1,0 +1,11 @@
+"""Property tests: choose the hypothesis profile from ``--slow`` / HYPOTHESIS_PROFILE."""
+
+from __future__ import annotations
+
+import prop_profiles
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    slow = bool(config.getoption("--slow", default=False))
+    prop_profiles.select(slow)
