@@ -19,7 +19,13 @@ from bnfold.verify.probes import Probe, common_probes, probe_labels, with_probes
 from bnfold.verify.result import OutputComparison, VerifyResult
 from bnfold.verify.session import ModelRunner
 from bnfold.verify.signature import TensorSpec, check_same_signature, merge_input_specs
-from bnfold.verify.source import ModelLike, ModelSource, open_model, open_proto
+from bnfold.verify.source import (
+    IN_MEMORY_LIMIT,
+    ModelLike,
+    ModelSource,
+    open_model,
+    open_proto,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +73,14 @@ def verify(
     if not factor >= 0 or (perturbations is not None and perturbations < 0):
         raise InputError("floor_factor and perturbations must be non-negative")
     with contextlib.ExitStack() as stack:
-        pair = _open_pair(stack, reference, candidate, provider, probes)
+        warnings: list[str] = []
+        pair = _open_pair(stack, reference, candidate, provider, probes, warnings)
         specs = merge_input_specs(pair.ref.inputs, pair.cand.inputs)
         given = _given_sets(inputs, specs)
         tolerances = _tolerances(pair.ref.outputs, rtol, atol, output_tolerances)
-        warnings: list[str] = []
-        noisy = _floor_runner(stack, pair.ref_src, provider, perturbations, warnings)
+        noisy = None
+        if not pair.large:
+            noisy = _floor_runner(stack, pair.ref_src, provider, perturbations, warnings)
         if noisy is None and not any(s.is_float for s in specs) and perturbations != 0:
             warnings.append("no noise floor (no float inputs, no weight jitter): tolerances only")
         sets = given or [{} for _ in seed_list]
@@ -135,6 +143,7 @@ class _Pair:
     cand: ModelRunner
     cand_label: str
     labels: Mapping[str, str]  # probe output name -> "<output> before <Op>"
+    large: bool = False  # too big for whole-model copies: no probes, no weight jitter
 
 
 def _open_pair(
@@ -143,9 +152,17 @@ def _open_pair(
     candidate: ModelLike,
     provider: str,
     probes: bool,
+    warnings: list[str],
 ) -> _Pair:
     ref_src = stack.enter_context(open_model(reference, "reference"))
     cand_src = stack.enter_context(open_model(candidate, "candidate"))
+    large = max(ref_src.approx_bytes(), cand_src.approx_bytes()) > IN_MEMORY_LIMIT
+    if large:
+        warnings.append(
+            "model over 1 GiB: output probes and weight jitter skipped (they need whole-model "
+            "copies); noise floor from input perturbation only"
+        )
+        probes = False
     pairs = common_probes(ref_src.graph_proto(), cand_src.graph_proto()) if probes else []
     if pairs:
         ref_src = stack.enter_context(_probed(ref_src, [p for p, _ in pairs]))
@@ -154,7 +171,7 @@ def _open_pair(
     cand = ModelRunner(cand_src, provider)
     check_same_signature(ref.inputs, cand.inputs, "input")
     check_same_signature(ref.outputs, cand.outputs, "output")
-    return _Pair(ref_src, ref, cand, cand_src.label, probe_labels(pairs))
+    return _Pair(ref_src, ref, cand, cand_src.label, probe_labels(pairs), large)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 ModelLike = Any  # str | os.PathLike | bytes | onnx.ModelProto | onnx_ir.Model
 _PROTO_LIMIT = 2**31 - 2**24  # stay clear of protobuf's 2 GB ceiling
+IN_MEMORY_LIMIT = 2**30  # beyond this, no whole-model copies (probes, weight jitter)
 
 
 @dataclasses.dataclass
@@ -40,6 +41,23 @@ class ModelSource:
             except Exception as err:
                 raise ModelLoadError(f"cannot read {self.label}: {_first_line(err)}") from err
         return self._proto
+
+    def approx_bytes(self) -> int:
+        """Model size including external data files (what an in-memory copy would cost)."""
+        if isinstance(self.payload, bytes):
+            return len(self.payload)
+        path = Path(self.payload)
+        total = path.stat().st_size
+        seen: set[str] = set()
+        for tensor in onnx.external_data_helper._get_all_tensors(self.graph_proto()):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location and location not in seen:
+                seen.add(location)
+                with contextlib.suppress(OSError):
+                    total += (path.parent / location).stat().st_size
+        return total
 
     def full_proto(self) -> onnx.ModelProto:
         """The whole model, weights included (external data is read from disk)."""

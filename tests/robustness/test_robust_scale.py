@@ -1,7 +1,7 @@
-"""Scale: fold time linear in the number of layers; a model over 2 GB folds and verifies.
+"""Scale: a model over 2 GB folds (memory near its size) and verifies.
 
-The numbers behind these bounds come from ``benchmarks/scale.py`` (see its docstring).
-CPU time is measured rather than wall time: the CI machine is shared.
+Fold *time* against layer count is a benchmark, not a test: ``benchmarks/scale.py``
+prints 1k vs 10k layers side by side.
 """
 
 from __future__ import annotations
@@ -15,38 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from scale import make_big, make_chain, model_bytes
-
-import bnfold
-
-
-def fold_cpu_seconds(path: Path) -> float:
-    start = time.process_time()
-    result = bnfold.fold(path)
-    elapsed = time.process_time() - start
-    counts = result.report.counts()["batchnorm"]
-    assert counts["folded"] == counts["found"]
-    return elapsed
-
-
-def linearity(tmp_path: Path, small: int, large: int) -> float:
-    fold_cpu_seconds(make_chain(20, tmp_path / "warm.onnx"))  # imports, caches
-    t_small = min(fold_cpu_seconds(make_chain(small, tmp_path / "s.onnx")) for _ in range(2))
-    t_large = fold_cpu_seconds(make_chain(large, tmp_path / "l.onnx"))
-    return t_large / t_small
-
-
-def test_fold_time_grows_linearly_with_layers(tmp_path: Path) -> None:
-    """10× the layers: about 10× the time (quadratic would be 100×)."""
-    ratio = linearity(tmp_path, 200, 2000)
-    assert ratio < 25, f"2000 vs 200 BN layers took {ratio:.1f}× the CPU time"
-
-
-@pytest.mark.slow
-def test_ten_thousand_layers_fold_in_linear_time(tmp_path: Path) -> None:
-    ratio = linearity(tmp_path, 1000, 10000)
-    assert ratio < 20, f"10k vs 1k BN layers took {ratio:.1f}× the CPU time"
-
+from scale import make_big, model_bytes
 
 # The CLI in a child process that reports its own peak RSS on exit.
 PEAK_ENTRY = (
