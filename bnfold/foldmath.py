@@ -63,8 +63,11 @@ def broadcast_along(vec: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 def scale_output_channels(weight: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
     """W' = W·s along the weight's output-channel ``axis`` (float64 result)."""
-    w = np.asarray(weight, dtype=np.float64)
-    return w * broadcast_along(scale, w.ndim, axis)
+    w = np.asarray(weight)
+    s = broadcast_along(np.asarray(scale, dtype=np.float64), w.ndim, axis)
+    if w.dtype.kind == "f" and w.dtype.itemsize <= 8:
+        return np.multiply(w, s, dtype=np.float64)  # one pass, no float64 copy of W
+    return w.astype(np.float64) * s
 
 
 def scale_conv_transpose_output(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
@@ -138,7 +141,7 @@ def cast_back(
     """
     dtype = np.dtype(dtype)
     limit = _dtype_max(dtype)
-    if limit is not None and float(np.max(np.abs(folded), initial=0.0)) > limit:
+    if limit is not None and _max_abs(folded) > limit:
         if not np.all(np.isfinite(folded)):
             return None, "folded weights would contain NaN or Inf"
         return None, f"folded weights exceed the {dtype.name} range (|w| > {limit:g})"
@@ -152,6 +155,23 @@ def cast_back(
         if lost > 0:
             return None, f"{lost} folded weight(s) underflow to zero in {dtype.name}"
     return out, None
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """True when no element is NaN or ±Inf (any float dtype, bfloat16 included)."""
+    try:
+        if np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
+            return True  # a finite float64 sum proves every element finite
+        return bool(np.isfinite(arr).all())
+    except TypeError:
+        return bool(np.isfinite(np.asarray(arr, dtype=np.float64)).all())
+
+
+def _max_abs(arr: np.ndarray) -> float:
+    """max |x| without allocating |x| (NaN propagates)."""
+    if arr.size == 0:
+        return 0.0
+    return float(max(arr.max(), -arr.min()))
 
 
 def _dtype_max(dtype: np.dtype) -> float | None:

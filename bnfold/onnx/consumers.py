@@ -126,7 +126,7 @@ def _const(ctx: FoldContext, node: ir.Node, index: int, what: str) -> np.ndarray
         return why_not_constant(value, f"{node.op_type} {what}", allow_graph_inputs=allow)
     if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
         return f"{node.op_type} {what} has non-float dtype {arr.dtype}"
-    if not np.all(np.isfinite(arr.astype(np.float64))):
+    if not foldmath.all_finite(arr):
         return f"{node.op_type} {what} contains NaN or Inf"
     return arr
 

@@ -236,8 +236,9 @@ def _write_and_commit(
         stream_save.write_inline(model, tmp_model)  # no full-model protobuf copy
     else:
         ir.save(model, tmp_model, external_data=data_name)
-    # No fsync of the files: os.replace is atomic against crashes and interrupts, and a
-    # full flush of a 100 MB model costs more than folding it. The rename is persisted.
+    # No fsync: os.replace is atomic against crashes and interrupts (never a partial file);
+    # a flush to disk would cost more than folding a 100 MB model. After a power loss the
+    # previous file (or none) is there, never a torn one on journaling file systems.
     if before_commit is not None:
         try:
             before_commit(tmp_model)
@@ -258,7 +259,6 @@ def _write_and_commit(
         except BaseException:
             outputs.remove_quietly([data])
             raise
-    outputs.fsync_dir(out.parent)
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -97,7 +97,7 @@ def _weight(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarr
         return why_not_constant(value, f"{layer.op_type} {what}", allow_graph_inputs=allow)
     if not np.issubdtype(np.dtype(arr.dtype), np.floating) and arr.dtype.name != "bfloat16":
         return f"{layer.op_type} {what} has non-float dtype {arr.dtype}"
-    if not np.all(np.isfinite(arr.astype(np.float64))):
+    if not foldmath.all_finite(arr):
         return f"{layer.op_type} {what} contains NaN or Inf"
     return arr
 

@@ -50,7 +50,10 @@ def lite_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _is_small(tensor: onnx.TensorProto) -> bool:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return False
-    return tensor.ByteSize() <= SMALL_TENSOR_BYTES
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * 8 <= SMALL_TENSOR_BYTES and tensor.ByteSize() <= SMALL_TENSOR_BYTES
 
 
 def check(proto: onnx.ModelProto) -> None:

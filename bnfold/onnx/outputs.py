@@ -93,16 +93,6 @@ def owned_data_files(out: Path, referenced: Iterable[Path]) -> list[Path]:
     return sorted(p for p in referenced if p.parent == folder and pattern.fullmatch(p.name))
 
 
-def fsync_dir(folder: Path) -> None:
-    """Persist a rename (best effort: not every platform can open folders)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def remove_quietly(paths: Iterable[Path]) -> None:
     """Delete files, logging (not raising) on failure."""
     for path in paths:

@@ -185,6 +185,8 @@ def _count_non_finite(arr: np.ndarray) -> int:
         chunk = flat[start : start + _CHUNK]
         if chunk.dtype.itemsize < 4 or chunk.dtype.kind != "f":
             chunk = chunk.astype(np.float32)
+        if np.isfinite(np.add.reduce(chunk, dtype=np.float64)):
+            continue  # a finite sum proves every element finite (one pass, no mask)
         total += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
     return total
 
