@@ -24,6 +24,7 @@ from bnfold.onnx.passes.fold_through_concat import FoldBatchNormThroughConcatPas
 from bnfold.onnx.passes.fold_through_layout import FoldBatchNormThroughLayoutPass
 from bnfold.onnx.passes.identity import KeepOutputNamesIdentityEliminationPass
 from bnfold.onnx.passes.rewrite_standalone import RewriteStandaloneBatchNormPass
+from bnfold.onnx.passes.split_to_sequence import SequenceSplitToSplitPass
 from bnfold.onnx.passes.strip_dropout import StripDropoutPass
 from bnfold.onnx.passes.switch_to_inference import SwitchToInferencePass
 from bnfold.report import FoldReport
@@ -35,7 +36,11 @@ SHAPES_INFERRED = "bnfold_shapes_inferred"
 
 def normalise_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
     """Passes that make exporter output matchable (identities, computed constants)."""
-    return [KeepOutputNamesIdentityEliminationPass(), FoldConstantsPass(ctx)]
+    return [
+        KeepOutputNamesIdentityEliminationPass(),
+        FoldConstantsPass(ctx),
+        SequenceSplitToSplitPass(ctx),
+    ]
 
 
 def fold_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
