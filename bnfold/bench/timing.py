@@ -1,8 +1,9 @@
 """Warm-up, interleaved timed runs, and the statistics reported from them.
 
-Models are run round-robin (A B A B … or A B C A B C …) so that drift of a shared
-machine — frequency scaling, a neighbour's job — hits every model alike, and the
-speed-up is taken pair by pair within a round.
+Models are run round-robin (A B, B A, A B … or A B C, B C A, C A B …) so that drift of
+a shared machine — frequency scaling, a neighbour's job — hits every model alike, and the
+speed-up is taken pair by pair within a round. Each round starts one model later than
+the previous one, so no model always runs first (or right after another's cache churn).
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ def run_interleaved(
     round, warm-up included (for a progress bar).
     """
     samples: list[list[float]] = [[] for _ in runners]
+    n = len(runners)
     for round_index in range(warmup + iters):
-        for i, run in enumerate(runners):
+        for step in range(n):
+            i = (round_index + step) % n
+            run = runners[i]
             start = time.perf_counter()
             run()
             elapsed_ms = (time.perf_counter() - start) * 1e3

@@ -27,7 +27,12 @@ def _split_levels(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 
 @click.command("bench")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--vs", "other", type=click.Path(dir_okay=False), help="Second model, run A B A B.")
+@click.option(
+    "--vs",
+    "other",
+    type=click.Path(dir_okay=False),
+    help="Second model, run interleaved (A B, B A, …).",
+)
 @click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True)
 @click.option(
     "--level",

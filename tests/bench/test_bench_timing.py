@@ -8,12 +8,12 @@ import pytest
 from bnfold.bench.timing import Latency, Speedup, auto_iters, quantile, run_interleaved
 
 
-def test_runs_interleave_a_b_a_b_and_warmup_is_not_sampled():
+def test_runs_interleave_with_rotating_start_and_warmup_is_not_sampled():
     calls: list[str] = []
     rounds: list[int] = []
     runners = [lambda: calls.append("A"), lambda: calls.append("B")]
     samples = run_interleaved(runners, iters=3, warmup=2, on_round=lambda: rounds.append(1))
-    assert calls == ["A", "B"] * 5
+    assert "".join(calls) == "AB" "BA" "AB" "BA" "AB"  # no model always runs first
     assert len(rounds) == 5
     assert [len(s) for s in samples] == [3, 3]
     assert all(t >= 0 for s in samples for t in s)
@@ -22,8 +22,8 @@ def test_runs_interleave_a_b_a_b_and_warmup_is_not_sampled():
 def test_three_models_run_round_robin():
     calls: list[str] = []
     runners = [lambda k=k: calls.append(k) for k in "ABC"]
-    run_interleaved(runners, iters=2)
-    assert "".join(calls) == "ABCABC"
+    run_interleaved(runners, iters=3)
+    assert "".join(calls) == "ABC" "BCA" "CAB"
 
 
 @pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 1.0])
