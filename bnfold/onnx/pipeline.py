@@ -14,6 +14,7 @@ from onnx_ir.passes.common import (
 from bnfold.onnx.context import FoldContext, FoldOptions
 from bnfold.onnx.explain import explain_left
 from bnfold.onnx.passes.absorb_identity_term import AbsorbIdentityTermPass
+from bnfold.onnx.passes.collapse_layout import CollapseLayoutChainsPass
 from bnfold.onnx.passes.fold_batchnorm import FoldBatchNormIntoProducerPass
 from bnfold.onnx.passes.fold_channel_affine import FoldChannelAffinePass
 from bnfold.onnx.passes.fold_constants import FoldConstantsPass
@@ -40,6 +41,7 @@ def normalise_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
         KeepOutputNamesIdentityEliminationPass(),
         FoldConstantsPass(ctx),
         SequenceSplitToSplitPass(ctx),
+        CollapseLayoutChainsPass(ctx),
     ]
 
 
