@@ -140,6 +140,8 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
 
     result.save(out, overwrite_input=options.in_place, before_commit=check_before_commit)
     outcome.written = True
+    if outcome.verification is not None:
+        outcome.verification.candidate = str(out)  # it was checked as a temporary file
     if outcome.verification is not None and not outcome.verification:
         outcome.exit_code = EXIT_NOT_EQUIVALENT
     outcome.sizes = {"input_bytes": _size(src), "output_bytes": _size(out)}
