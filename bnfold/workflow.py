@@ -105,11 +105,12 @@ def fold_file(
 def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     from bnfold.errors import OutputError
     from bnfold.onnx.api import fold_onnx
-    from bnfold.onnx.io import same_file
+    from bnfold.onnx.io import check_output_path, same_file
 
     out = src if options.in_place else (options.output or default_output(src))
     if not options.in_place and same_file(src, out):
         raise OutputError(f"{out}: output path equals the input; use --in-place to overwrite it")
+    check_output_path(out, out.parent if str(out.parent) else Path("."))  # fail before work
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,

@@ -121,3 +121,14 @@ def test_check_is_clean_when_only_unfoldable_bn_is_left(tmp_path: Path) -> None:
     onnx.save(b.build(), path)
     result = run("check", path)
     assert result.exit_code == 0, result.output
+
+
+def test_regression_missing_output_folder_fails_before_folding(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """The output folder was checked only after folding, so a report was printed first."""
+    result = run(model_path, "-o", tmp_path / "no" / "such" / "out.onnx")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "output folder does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
