@@ -70,6 +70,30 @@ def scale_output_channels(weight: np.ndarray, scale: np.ndarray, axis: int = 0) 
     return w.astype(np.float64) * s
 
 
+def scale_output_channels_cast(
+    weight: np.ndarray, scale: np.ndarray, dtype: np.dtype | type, block_bytes: int = 1 << 20
+) -> tuple[np.ndarray | None, str | None]:
+    """``cast_back(scale_output_channels(weight, scale, 0), dtype, weight)`` in cache-sized blocks.
+
+    Same float64 math and the same refusals (NaN/Inf, overflow, underflow), but the float64
+    intermediate never exists for the whole tensor: each block of output channels is
+    scaled, checked and cast while it is still in cache.
+    """
+    w = np.asarray(weight)
+    out = np.empty(w.shape, dtype=dtype)
+    s = np.asarray(scale, dtype=np.float64)
+    row_bytes = max(1, int(np.prod(w.shape[1:])) * 8)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, w.shape[0], step):
+        stop = min(start + step, w.shape[0])
+        block = scale_output_channels(w[start:stop], s[start:stop], axis=0)
+        cast, reason = cast_back(block, dtype, w[start:stop])
+        if reason is not None:
+            return None, reason
+        out[start:stop] = cast
+    return out, None
+
+
 def scale_conv_transpose_output(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
     """Scale ConvTranspose weights ``(C_in, C_out/g, k…)`` by output channel.
 

@@ -141,10 +141,10 @@ def _prepare_conv(
         elif b.shape[0] != channels:
             return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
     if transpose:
-        new_w64 = foldmath.scale_conv_transpose_output(w, s, group)
+        new_w = _cast(foldmath.scale_conv_transpose_output(w, s, group), w, "weight")
     else:
-        new_w64 = foldmath.scale_output_channels(w, s, axis=0)
-    new_w = _cast(new_w64, w, "weight")
+        blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype)
+        new_w = f"weight: {reason}" if reason is not None else blocked  # type: ignore[assignment]
     if isinstance(new_w, str):
         return new_w
     bias_like = b if b is not None else np.zeros(channels, dtype=w.dtype)
