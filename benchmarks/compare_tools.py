@@ -202,7 +202,7 @@ def _compare_with_best(
     by_tool: dict[str, Row], samples: dict[str, list[float]], level: str
 ) -> None:
     """bnfold vs the fastest equivalent other tool, pairwise over the same rounds."""
-    from bnfold.bench.timing import Speedup
+    from bnfold.latency.timing import Speedup
 
     bnfold = by_tool.get("bnfold")
     if bnfold is None or "bnfold" not in samples:

@@ -52,7 +52,7 @@ class ErrorCheck:
 
 def reference_outputs(path: str, seeds: tuple[int, ...] = (0, 1)) -> list[tuple[dict, list]]:
     """Feeds and outputs of the original model at ORT_DISABLE_ALL, per seed."""
-    from bnfold.bench.inputs import make_feeds
+    from bnfold.latency.inputs import make_feeds
 
     session = _session(path)
     runs = []
@@ -91,7 +91,7 @@ def latency(
     variants: dict[str, str], levels: tuple[str, ...], threads: int | None, target_s: float
 ) -> Any:
     """Interleaved latency of every variant (the first is the baseline) at each level."""
-    from bnfold.bench.api import bench_models
+    from bnfold.latency.api import bench_models
 
     return bench_models(
         list(variants.items()),
@@ -104,6 +104,6 @@ def latency(
 
 
 def _session(path: str) -> Any:
-    from bnfold.bench.sessions import create_session
+    from bnfold.latency.sessions import create_session
 
     return create_session(path, "disable").session

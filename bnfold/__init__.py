@@ -60,15 +60,15 @@ def fold(model: Any, **options: Any) -> Any:
 
 
 def verify(reference: Any, candidate: Any, **options: Any) -> Any:
-    """Compare two ONNX models in onnxruntime (ORT_DISABLE_ALL); see bnfold.verify.api."""
-    from bnfold.verify.api import verify as _verify
+    """Compare two ONNX models in onnxruntime (ORT_DISABLE_ALL); see bnfold.equivalence.api."""
+    from bnfold.equivalence.api import verify as _verify
 
     return _verify(reference, candidate, **options)
 
 
 def bench(model: Any, **options: Any) -> Any:
-    """Measure onnxruntime latency of a model (optionally against another); see bnfold.bench."""
-    from bnfold.bench.api import bench as _bench
+    """Measure onnxruntime latency of a model (optionally against another); see bnfold.latency."""
+    from bnfold.latency.api import bench as _bench
 
     return _bench(model, **options)
 

@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bnfold.verify.result import VerifyResult
+    from bnfold.equivalence.result import VerifyResult
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +20,12 @@ __all__ = ["assert_equivalent"]
 def assert_equivalent(reference: Any, candidate: Any, **options: Any) -> VerifyResult:
     """Verify two ONNX models; raise AssertionError with the full report when they differ.
 
-    Options are those of :func:`bnfold.verify.api.verify` (``inputs``, ``shapes``,
+    Options are those of :func:`bnfold.equivalence.api.verify` (``inputs``, ``shapes``,
     ``seeds``, ``rtol``, ``atol``, ``output_tolerances``, ``provider``, ``floor_factor``).
     Returns the (passing) result.
     """
     __tracebackhide__ = True  # pytest: point at the caller, not at this helper
-    from bnfold.verify.api import verify
+    from bnfold.equivalence.api import verify
 
     result = verify(reference, candidate, **options)
     if not result:

@@ -123,7 +123,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     def check_before_commit(tmp_model: Path) -> None:
         if not options.verify:
             return
-        from bnfold.verify.api import verify
+        from bnfold.equivalence.api import verify
 
         reference: Any = src
         if options.assume_eval:  # compare with the original read with inference semantics
@@ -147,7 +147,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
         outcome.exit_code = EXIT_NOT_EQUIVALENT
     outcome.sizes = {"input_bytes": _size(src), "output_bytes": _size(out)}
     if options.bench:
-        from bnfold.bench.api import bench
+        from bnfold.latency.api import bench
 
         outcome.bench = bench(src, vs=out, provider=options.provider, levels=("disable", "all"))
 

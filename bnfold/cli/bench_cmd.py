@@ -10,7 +10,7 @@ from bnfold.cli.common import guarded, print_json
 
 logger = logging.getLogger(__name__)
 
-# Kept in step with bnfold.bench.sessions (a test checks); not imported, to keep start-up light.
+# Kept in step with bnfold.latency.sessions (a test checks); not imported, to keep start-up light.
 LEVEL_NAMES = ("disable", "basic", "extended", "all")
 PROVIDER_NAMES = ("cpu", "cuda")
 DEFAULT_LEVELS = ("disable", "all")
@@ -82,8 +82,8 @@ def bench(
       bnfold bench model.onnx --vs model.folded.onnx --all-levels
       bnfold bench model.onnx --provider cuda --level all --json
     """
-    from bnfold.bench.api import bench as run_bench
-    from bnfold.bench.inputs import parse_shape
+    from bnfold.latency.api import bench as run_bench
+    from bnfold.latency.inputs import parse_shape
 
     chosen = list(LEVEL_NAMES) if all_levels else (levels or list(DEFAULT_LEVELS))
     result = run_bench(

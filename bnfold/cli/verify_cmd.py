@@ -89,8 +89,8 @@ def verify(
     Exit codes: 0 equivalent, 1 not equivalent, 2 bad input (unreadable model, mismatched
     input/output names or shapes, bad --inputs/--shape).
     """
+    from bnfold.equivalence.api import verify as run_verify
     from bnfold.errors import NotEquivalentError
-    from bnfold.verify.api import verify as run_verify
 
     global_rtol, output_rtol = _tolerances(rtol, "--rtol")
     global_atol, output_atol = _tolerances(atol, "--atol")

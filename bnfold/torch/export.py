@@ -38,7 +38,7 @@ class ExportFoldResult:
     path: Path
     exporter: str
     fold: Any  # bnfold.onnx.api.OnnxFoldResult
-    verification: Any | None  # bnfold.verify.result.VerifyResult
+    verification: Any | None  # bnfold.equivalence.result.VerifyResult
     unfolded_path: Path | None = None
 
     @property
@@ -74,8 +74,8 @@ def export_and_fold(
     export is kept at ``unfolded_path`` when given. ``strict`` raises NotEquivalentError when
     verification fails. ``fold_options`` go to ``fold_onnx``.
     """
+    from bnfold.equivalence.api import verify as verify_models
     from bnfold.onnx.api import fold_onnx
-    from bnfold.verify.api import verify as verify_models
 
     inputs = (
         (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)

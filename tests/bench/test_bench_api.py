@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 
 import onnx_ir
 import pytest
 
 import bnfold
-from bnfold.bench import BenchResult, bench, bench_models
-from bnfold.bench.timing import Latency, Speedup
 from bnfold.errors import DependencyError, InputError, ModelLoadError
+from bnfold.latency import BenchResult, bench, bench_models
+from bnfold.latency.timing import Latency, Speedup
 
 
 def test_single_model_result_shape(conv_bn_path):
@@ -43,7 +44,8 @@ def test_comparison_gives_pairwise_speedup_per_level(conv_bn_path, conv_bn_proto
 
 
 def test_public_entry_point_and_labels(conv_bn_path, conv_bn_proto):
-    importlib.import_module("bnfold.bench.api")  # the package must not shadow bnfold.bench()
+    importlib.import_module("bnfold.latency.api")  # the package must not shadow bnfold.bench()
+    assert inspect.isfunction(bnfold.bench)
 
     result = bnfold.bench(
         conv_bn_path,

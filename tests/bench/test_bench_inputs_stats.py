@@ -9,10 +9,10 @@ import onnx
 import onnx_ir
 import pytest
 
-from bnfold.bench.inputs import make_feeds, parse_shape
-from bnfold.bench.model_stats import resolve_model
-from bnfold.bench.sessions import create_session
 from bnfold.errors import InputError, ModelLoadError
+from bnfold.latency.inputs import make_feeds, parse_shape
+from bnfold.latency.model_stats import resolve_model
+from bnfold.latency.sessions import create_session
 
 
 def test_symbolic_dims_become_one_and_shapes_override(conv_bn_path):

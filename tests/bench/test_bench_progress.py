@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from bnfold.bench import progress
-from bnfold.bench.progress import RoundProgress
+from bnfold.latency import progress
+from bnfold.latency.progress import RoundProgress
 
 
 def console() -> tuple[Console, io.StringIO]:

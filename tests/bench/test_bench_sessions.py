@@ -5,9 +5,9 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from bnfold.bench import sessions
 from bnfold.cli import bench_cmd
 from bnfold.errors import DependencyError, InputError, ModelLoadError
+from bnfold.latency import sessions
 
 ORT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -1,11 +1,11 @@
-"""Interleaving order, sample bookkeeping and the statistics of bnfold.bench.timing."""
+"""Interleaving order, sample bookkeeping and the statistics of bnfold.latency.timing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bnfold.bench.timing import Latency, Speedup, auto_iters, quantile, run_interleaved
+from bnfold.latency.timing import Latency, Speedup, auto_iters, quantile, run_interleaved
 
 
 def test_runs_interleave_with_rotating_start_and_warmup_is_not_sampled():

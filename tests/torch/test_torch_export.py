@@ -15,8 +15,8 @@ from torch_helpers import prepared  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("bnfold.onnx.api") is None
-    or importlib.util.find_spec("bnfold.verify.api") is None,
-    reason="bnfold.onnx.api / bnfold.verify.api not available",
+    or importlib.util.find_spec("bnfold.equivalence.api") is None,
+    reason="bnfold.onnx.api / bnfold.equivalence.api not available",
 )
 
 

@@ -15,10 +15,10 @@ import verify_models as vm
 from onnx import TensorProto, helper
 
 import bnfold
+from bnfold.equivalence import VerifyResult, verify
+from bnfold.equivalence.session import ModelRunner
+from bnfold.equivalence.source import open_model
 from bnfold.errors import InputError, ModelLoadError, VerificationError
-from bnfold.verify import VerifyResult, verify
-from bnfold.verify.session import ModelRunner
-from bnfold.verify.source import open_model
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,14 @@ def test_result_value(pair: tuple) -> None:
     assert failing.summary().startswith("NOT equivalent: y")
 
 
-def test_package_stays_callable(pair: tuple) -> None:
-    """Importing bnfold.verify rebinds ``bnfold.verify`` to the package; it must still call."""
+def test_regression_subpackage_import_shadowed_bnfold_verify(pair: tuple) -> None:
+    """The verification package was named ``bnfold.verify``: importing it replaced the
+    public ``bnfold.verify`` function with the module. It now lives in bnfold.equivalence."""
+    import importlib
+    import inspect
+
+    importlib.import_module("bnfold.equivalence.api")
+    assert inspect.isfunction(bnfold.verify)
     ref, good, _ = pair
     assert bnfold.verify(ref, good, seeds=1)
     assert bnfold.verify(ref, good, seeds=1)

@@ -14,7 +14,7 @@ import pytest
 import verify_inject as inject
 import verify_models as vm
 
-from bnfold.verify import verify
+from bnfold.equivalence import verify
 
 SEEDS = 5
 COMMON_BUGS = (

@@ -10,11 +10,11 @@ import pytest
 import verify_models as vm
 from onnx import TensorProto, helper, numpy_helper
 
+from bnfold.equivalence import inputs as inp
+from bnfold.equivalence.jitter import jittered_copy
+from bnfold.equivalence.probes import common_probes, find_probes, with_probes
+from bnfold.equivalence.signature import TensorSpec
 from bnfold.errors import InputError
-from bnfold.verify import inputs as inp
-from bnfold.verify.jitter import jittered_copy
-from bnfold.verify.probes import common_probes, find_probes, with_probes
-from bnfold.verify.signature import TensorSpec
 
 
 def _spec(name: str, dtype: str, shape: tuple) -> TensorSpec:

@@ -9,8 +9,8 @@ import pytest
 import verify_inject as inject
 import verify_models as vm
 
-from bnfold.verify import verify
-from bnfold.verify.compare import Floor, Tolerance, floor_contribution, judge, measure
+from bnfold.equivalence import verify
+from bnfold.equivalence.compare import Floor, Tolerance, floor_contribution, judge, measure
 
 SEEDS = 5
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 import verify_inject as inject  # noqa: E402
 import verify_nets as nets  # noqa: E402
 
-from bnfold.verify import verify  # noqa: E402
+from bnfold.equivalence import verify  # noqa: E402
 
 SEEDS = 5
 SHAPE = (1, 3, 32, 32)

@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bnfold.bench.inputs import make_feeds
-from bnfold.bench.model_stats import ModelSource, resolve_model
-from bnfold.bench.progress import RoundProgress
-from bnfold.bench.result import BenchResult, LevelResult, ModelRun
-from bnfold.bench.sessions import check_level, create_session, providers_for
-from bnfold.bench.timing import Latency, Speedup, auto_iters, run_interleaved
 from bnfold.errors import InputError
+from bnfold.latency.inputs import make_feeds
+from bnfold.latency.model_stats import ModelSource, resolve_model
+from bnfold.latency.progress import RoundProgress
+from bnfold.latency.result import BenchResult, LevelResult, ModelRun
+from bnfold.latency.sessions import check_level, create_session, providers_for
+from bnfold.latency.timing import Latency, Speedup, auto_iters, run_interleaved
 
 logger = logging.getLogger(__name__)
 

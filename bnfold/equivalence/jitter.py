@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bnfold.verify.source import ModelSource, open_proto
+from bnfold.equivalence.source import ModelSource, open_proto
 
 logger = logging.getLogger(__name__)
 

@@ -11,21 +11,21 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.errors import InputError, ModelLoadError, VerificationError
-from bnfold.verify import compare as cmp
-from bnfold.verify import inputs as inp
-from bnfold.verify.jitter import open_jittered
-from bnfold.verify.probes import Probe, common_probes, probe_labels, with_probes
-from bnfold.verify.result import OutputComparison, VerifyResult
-from bnfold.verify.session import ModelRunner
-from bnfold.verify.signature import TensorSpec, check_same_signature, merge_input_specs
-from bnfold.verify.source import (
+from bnfold.equivalence import compare as cmp
+from bnfold.equivalence import inputs as inp
+from bnfold.equivalence.jitter import open_jittered
+from bnfold.equivalence.probes import Probe, common_probes, probe_labels, with_probes
+from bnfold.equivalence.result import OutputComparison, VerifyResult
+from bnfold.equivalence.session import ModelRunner
+from bnfold.equivalence.signature import TensorSpec, check_same_signature, merge_input_specs
+from bnfold.equivalence.source import (
     IN_MEMORY_LIMIT,
     ModelLike,
     ModelSource,
     open_model,
     open_proto,
 )
+from bnfold.errors import InputError, ModelLoadError, VerificationError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def verify(
         perturbations: perturbed reference runs per input set (None: 2, or 4 for outputs
             with under 64 elements); 0 disables the noise floor.
         probes: also compare the input of a Sigmoid/Softmax/Relu/ArgMax/… that ends an
-            output in both models (saturation hides bugs); see bnfold.verify.probes.
+            output in both models (saturation hides bugs); see bnfold.equivalence.probes.
     """
     seed_list = _seed_list(seeds)
     factor = cmp.DEFAULT_FLOOR_FACTOR if floor_factor is None else float(floor_factor)

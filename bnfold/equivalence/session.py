@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from bnfold.equivalence.signature import TensorSpec, spec_from_node_arg
+from bnfold.equivalence.source import ModelSource
 from bnfold.errors import ModelLoadError, VerificationError
-from bnfold.verify.signature import TensorSpec, spec_from_node_arg
-from bnfold.verify.source import ModelSource
 
 logger = logging.getLogger(__name__)
 

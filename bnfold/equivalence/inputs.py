@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
+from bnfold.equivalence.signature import TensorSpec
 from bnfold.errors import InputError
-from bnfold.verify.signature import TensorSpec
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import math
 from typing import Any
 
-from bnfold.verify.compare import Metrics
+from bnfold.equivalence.compare import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bnfold.bench.model_stats import ModelStats
-from bnfold.bench.timing import Latency, Speedup
+from bnfold.latency.model_stats import ModelStats
+from bnfold.latency.timing import Latency, Speedup
 
 logger = logging.getLogger(__name__)
 
