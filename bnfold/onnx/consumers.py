@@ -16,8 +16,9 @@ import onnx_ir as ir
 
 from bnfold import foldmath
 from bnfold.onnx import layout
-from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
+from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import FoldContext, display_name
+from bnfold.onnx.layers import cast_like, layer_constant, value_dtype
 from bnfold.onnx.producers import MAX_DEPTH, Plan, op_counts
 from bnfold.onnx.uses import content_uses
 
@@ -118,41 +119,13 @@ def conv_padding_reason(node: ir.Node, kernel: tuple[int, ...]) -> str | None:
     return None
 
 
-def _const(ctx: FoldContext, node: ir.Node, index: int, what: str) -> np.ndarray | str:
-    value = node.inputs[index] if index < len(node.inputs) else None
-    allow = ctx.options.allow_graph_input_params
-    arr = constant_array(value, allow_graph_inputs=allow)
-    if arr is None:
-        return why_not_constant(value, f"{node.op_type} {what}", allow_graph_inputs=allow)
-    if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != "bfloat16":
-        return f"{node.op_type} {what} has non-float dtype {arr.dtype}"
-    if not foldmath.all_finite(arr):
-        return f"{node.op_type} {what} contains NaN or Inf"
-    return arr
-
-
-def _cast(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
-    original = like if like.shape == folded.shape else None
-    out, reason = foldmath.cast_back(folded, like.dtype, original)
-    if reason is not None:
-        return f"{what}: {reason}"
-    assert out is not None
-    return out
-
-
-def _dtype(value: ir.Value | None) -> ir.DataType | None:
-    if value is None:
-        return None
-    return value.const_value.dtype if value.const_value is not None else value.dtype
-
-
 def _plan_conv(
     ctx: FoldContext, node: ir.Node, axis: int, s: np.ndarray, t: np.ndarray
 ) -> Plan | str:
     name = f"Conv '{display_name(node)}'"
     if axis != 1:
         return f"the channel axis maps to axis {axis} of {name}'s input, not its channels"
-    w = _const(ctx, node, 1, "weight")
+    w = layer_constant(ctx, node, 1, "weight")
     if isinstance(w, str):
         return w
     if w.ndim < 3:
@@ -167,7 +140,7 @@ def _plan_conv(
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     b = None
     if has_bias:
-        got = _const(ctx, node, 2, "bias")
+        got = layer_constant(ctx, node, 2, "bias")
         if isinstance(got, str):
             return got
         b = got.reshape(-1)
@@ -176,12 +149,12 @@ def _plan_conv(
         elif b.shape[0] != w.shape[0]:
             return f"{name} bias has {b.shape[0]} entries, expected {w.shape[0]}"
     w64, b64 = foldmath.fold_conv_input_affine(w, b, s, t, group)
-    new_w = _cast(w64, w, "weight")
-    new_b = _cast(b64, b if b is not None else np.zeros(w.shape[0], w.dtype), "bias")
+    new_w = cast_like(w64, w, "weight")
+    new_b = cast_like(b64, b if b is not None else np.zeros(w.shape[0], w.dtype), "bias")
     if isinstance(new_w, str) or isinstance(new_b, str):
         return new_w if isinstance(new_w, str) else new_b  # type: ignore[return-value]
-    w_type = _dtype(node.inputs[1])
-    b_type = _dtype(node.inputs[2]) if b is not None else w_type
+    w_type = value_dtype(node.inputs[1])
+    b_type = value_dtype(node.inputs[2]) if b is not None else w_type
     return Plan(
         _set_inputs(ctx, node, {1: (new_w, w_type), 2: (new_b, b_type)}),
         [display_name(node)],
@@ -197,7 +170,7 @@ def _plan_gemm(
     feat = 0 if trans_a is not None and trans_a.as_int() else 1
     if axis != feat:
         return f"the channel axis maps to axis {axis} of {name}'s A, not its features ({feat})"
-    b = _const(ctx, node, 1, "B")
+    b = layer_constant(ctx, node, 1, "B")
     if isinstance(b, str):
         return b
     trans_b = node.attributes.get("transB")
@@ -211,7 +184,7 @@ def _plan_gemm(
     has_c = len(node.inputs) > 2 and node.inputs[2] is not None
     c = None
     if has_c:
-        got = _const(ctx, node, 2, "C")
+        got = layer_constant(ctx, node, 2, "C")
         if isinstance(got, str):
             return got
         c = got
@@ -220,13 +193,13 @@ def _plan_gemm(
         c64 = np.float64(beta) * c.astype(np.float64) + c64
     if c64.ndim > 2:
         return f"{name} C of shape {tuple(c.shape)} does not broadcast"  # type: ignore[union-attr]
-    new_b = _cast(b64, b, "B")
+    new_b = cast_like(b64, b, "B")
     c_like = c if c is not None and c.shape == c64.shape else np.zeros(c64.shape, b.dtype)
-    new_c = _cast(c64, c_like, "C")
+    new_c = cast_like(c64, c_like, "C")
     if isinstance(new_b, str) or isinstance(new_c, str):
         return new_b if isinstance(new_b, str) else new_c  # type: ignore[return-value]
-    b_type = _dtype(node.inputs[1])
-    c_type = _dtype(node.inputs[2]) if has_c else b_type
+    b_type = value_dtype(node.inputs[1])
+    c_type = value_dtype(node.inputs[2]) if has_c else b_type
     set_inputs = _set_inputs(ctx, node, {1: (new_b, b_type), 2: (new_c, c_type)})
 
     def apply() -> None:
@@ -248,30 +221,30 @@ def _plan_matmul(
             f"the channel axis maps to axis {axis} of {name}'s left input, not its contraction "
             f"axis {len(a_dims) - 1}"
         )
-    b = _const(ctx, node, 1, "right-hand side")
+    b = layer_constant(ctx, node, 1, "right-hand side")
     if isinstance(b, str):
         return b
     if b.ndim != 2 or b.shape[0] != s.shape[0]:
         return f"{name} right-hand side of shape {tuple(b.shape)} is not a ({s.shape[0]}, N) matrix"
     b64, extra = foldmath.fold_matrix_input_affine(b, None, s, t, 0)
-    new_b = _cast(b64, b, "weight")
+    new_b = cast_like(b64, b, "weight")
     if isinstance(new_b, str):
         return new_b
-    b_type = _dtype(node.inputs[1])
+    b_type = value_dtype(node.inputs[1])
     set_weight = _set_inputs(ctx, node, {1: (new_b, b_type)})
     if not np.any(extra):
         return Plan(set_weight, [display_name(node)], ["MatMul"])
     bias_add = _bias_add(ctx, node)
     if bias_add is not None:
         add, c_index, c = bias_add
-        merged = _cast(
+        merged = cast_like(
             c.astype(np.float64) + extra,
             np.zeros(np.broadcast_shapes(c.shape, extra.shape), c.dtype),
             "bias",
         )
         if isinstance(merged, str):
             return merged
-        c_type = _dtype(add.inputs[c_index])
+        c_type = value_dtype(add.inputs[c_index])
 
         def apply_merged() -> None:
             set_weight()
@@ -279,7 +252,7 @@ def _plan_matmul(
             add.replace_input_with(c_index, const)
 
         return Plan(apply_merged, [display_name(node)], ["MatMul", "Add"])
-    new_bias = _cast(extra, np.zeros(extra.shape, b.dtype), "bias")
+    new_bias = cast_like(extra, np.zeros(extra.shape, b.dtype), "bias")
     if isinstance(new_bias, str):
         return new_bias
 

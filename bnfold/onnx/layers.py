@@ -89,7 +89,8 @@ def prepare_output_affine(
     return _prepare_matmul(ctx, layer, scale, shift, bias_add)
 
 
-def _weight(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarray | str:
+def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarray | str:
+    """Input ``index`` of ``layer`` as a finite float array, or why it cannot be folded."""
     value = layer.inputs[index] if index < len(layer.inputs) else None
     allow = ctx.options.allow_graph_input_params
     arr = constant_array(value, allow_graph_inputs=allow)
@@ -102,7 +103,8 @@ def _weight(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarr
     return arr
 
 
-def _cast(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
+def cast_like(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
+    """float64 results cast to ``like``'s dtype (range-checked), or the refusal reason."""
     out, reason = foldmath.cast_back(
         folded, like.dtype, like if like.shape == folded.shape else None
     )
@@ -112,14 +114,17 @@ def _cast(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
     return out
 
 
-def _dtype_of(value: ir.Value) -> ir.DataType | None:
+def value_dtype(value: ir.Value | None) -> ir.DataType | None:
+    """The ONNX dtype of a (constant) value."""
+    if value is None:
+        return None
     return value.const_value.dtype if value.const_value is not None else value.dtype
 
 
 def _prepare_conv(
     ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray, *, transpose: bool
 ) -> Rewrite | str:
-    w = _weight(ctx, layer, 1, "weight")
+    w = layer_constant(ctx, layer, 1, "weight")
     if isinstance(w, str):
         return w
     if w.ndim < 3:
@@ -132,7 +137,7 @@ def _prepare_conv(
     has_bias = len(layer.inputs) > 2 and layer.inputs[2] is not None
     b: np.ndarray | None = None
     if has_bias:
-        got = _weight(ctx, layer, 2, "bias")
+        got = layer_constant(ctx, layer, 2, "bias")
         if isinstance(got, str):
             return got
         b = got.reshape(-1)
@@ -141,18 +146,18 @@ def _prepare_conv(
         elif b.shape[0] != channels:
             return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
     if transpose:
-        new_w = _cast(foldmath.scale_conv_transpose_output(w, s, group), w, "weight")
+        new_w = cast_like(foldmath.scale_conv_transpose_output(w, s, group), w, "weight")
     else:
         blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype)
         new_w = f"weight: {reason}" if reason is not None else blocked  # type: ignore[assignment]
     if isinstance(new_w, str):
         return new_w
     bias_like = b if b is not None else np.zeros(channels, dtype=w.dtype)
-    new_b = _cast(foldmath.fold_output_bias(b, s, t), bias_like, "bias")
+    new_b = cast_like(foldmath.fold_output_bias(b, s, t), bias_like, "bias")
     if isinstance(new_b, str):
         return new_b
-    w_dtype = _dtype_of(layer.inputs[1])  # type: ignore[arg-type]
-    b_dtype = _dtype_of(layer.inputs[2]) if has_bias else w_dtype  # type: ignore[arg-type]
+    w_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]
+    b_dtype = value_dtype(layer.inputs[2]) if has_bias else w_dtype  # type: ignore[arg-type]
 
     def apply() -> None:
         name = display_name(layer)
@@ -168,7 +173,7 @@ def _prepare_conv(
 
 
 def _prepare_gemm(ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray) -> Rewrite | str:
-    b = _weight(ctx, layer, 1, "B")
+    b = layer_constant(ctx, layer, 1, "B")
     if isinstance(b, str):
         return b
     if b.ndim != 2:
@@ -184,13 +189,13 @@ def _prepare_gemm(ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray
     has_c = len(layer.inputs) > 2 and layer.inputs[2] is not None
     c: np.ndarray | None = None
     if has_c:
-        got = _weight(ctx, layer, 2, "C")
+        got = layer_constant(ctx, layer, 2, "C")
         if isinstance(got, str):
             return got
         c = got
         if c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, channels)):
             return f"Gemm C of shape {tuple(c.shape)} does not broadcast to {channels} outputs"
-    new_b = _cast(foldmath.scale_output_channels(b, s, axis=out_axis), b, "B")
+    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=out_axis), b, "B")
     if isinstance(new_b, str):
         return new_b
     if c is None:
@@ -199,11 +204,11 @@ def _prepare_gemm(ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray
     else:
         c64 = np.float64(beta) * c.astype(np.float64) * s + t
         c_like = c if c.shape == c64.shape else np.zeros(c64.shape, dtype=c.dtype)
-    new_c = _cast(c64, c_like, "C")
+    new_c = cast_like(c64, c_like, "C")
     if isinstance(new_c, str):
         return new_c
-    b_dtype = _dtype_of(layer.inputs[1])  # type: ignore[arg-type]
-    c_dtype = _dtype_of(layer.inputs[2]) if has_c else b_dtype  # type: ignore[arg-type]
+    b_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]
+    c_dtype = value_dtype(layer.inputs[2]) if has_c else b_dtype  # type: ignore[arg-type]
 
     def apply() -> None:
         name = display_name(layer)
@@ -243,7 +248,7 @@ def _prepare_matmul(
     bias_add: ir.Node | None = None,
 ) -> Rewrite | str:
     """MatMul(A, B) [+ c] → MatMul(A, B·s) + (c·s + t)."""
-    b = _weight(ctx, layer, 1, "right-hand side")
+    b = layer_constant(ctx, layer, 1, "right-hand side")
     if isinstance(b, str):
         return b
     if b.ndim != 2:
@@ -251,7 +256,7 @@ def _prepare_matmul(
     channels = b.shape[1]
     if s.shape[0] != channels:
         return f"{s.shape[0]} channels do not match MatMul's {channels} outputs"
-    new_b = _cast(foldmath.scale_output_channels(b, s, axis=1), b, "weight")
+    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=1), b, "weight")
     if isinstance(new_b, str):
         return new_b
     c_index = None
@@ -265,10 +270,10 @@ def _prepare_matmul(
         if c.ndim >= 1 and c.shape[-1] not in (1, channels):
             return f"bias Add constant of shape {tuple(c.shape)} does not match {channels}"
         bias64 = np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,)) * s + t
-    new_t = _cast(bias64, np.zeros(channels, dtype=b.dtype), "bias")
+    new_t = cast_like(bias64, np.zeros(channels, dtype=b.dtype), "bias")
     if isinstance(new_t, str):
         return new_t
-    b_dtype = _dtype_of(layer.inputs[1])  # type: ignore[arg-type]
+    b_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]
 
     def apply() -> ir.Value:
         name = display_name(layer)

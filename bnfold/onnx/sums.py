@@ -7,7 +7,7 @@ import logging
 import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
-from bnfold.onnx.uses import content_uses
+from bnfold.onnx.uses import is_exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def sum_leaves(top: ir.Node) -> list[tuple[ir.Value, ir.Node]]:
                 inner is not None
                 and is_onnx_op(inner, "Add")
                 and len(inner.inputs) == 2
-                and exclusive(term)
+                and is_exclusive(term)
                 and out_shape is not None
                 and term.shape == out_shape
             ):
@@ -39,8 +39,3 @@ def sum_leaves(top: ir.Node) -> list[tuple[ir.Value, ir.Node]]:
             else:
                 leaves.append((term, add))
     return leaves
-
-
-def exclusive(value: ir.Value) -> bool:
-    """True when only one node reads the value's contents and it is not a graph output."""
-    return not value.is_graph_output() and len(content_uses(value)) == 1

@@ -24,3 +24,8 @@ def reads_contents(use: Any) -> bool:
 def content_uses(value: ir.Value) -> list[Any]:
     """The uses of ``value`` that read its elements."""
     return [u for u in value.uses() if reads_contents(u)]
+
+
+def is_exclusive(value: ir.Value) -> bool:
+    """True when one node alone reads the value's contents and it is not a graph output."""
+    return not value.is_graph_output() and len(content_uses(value)) == 1

@@ -19,7 +19,8 @@ from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import display_name
 from bnfold.onnx.identity_tap import add_identity, identity_tap
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
-from bnfold.onnx.sums import exclusive, sum_leaves
+from bnfold.onnx.sums import sum_leaves
+from bnfold.onnx.uses import is_exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class AbsorbIdentityTermPass(BnfoldPass):
                 conv = conv_out.producer()
                 if conv is None or not is_onnx_op(conv, "Conv") or conv.inputs[0] is not term:
                     continue
-                if not exclusive(conv_out):
+                if not is_exclusive(conv_out):
                     continue
                 new_w = self.weights(conv)
                 if new_w is None:

@@ -22,7 +22,7 @@ from bnfold.onnx.layers import (
     prepare_output_affine,
 )
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
-from bnfold.onnx.uses import content_uses
+from bnfold.onnx.uses import is_exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class FoldChannelAffinePass(BnfoldPass):
                 layer, bias_add = pair
             elif is_onnx_op(producer, "MatMul") and node.op_type == "Add":
                 continue  # MatMul + Add already is the biased form
-            if not _exclusive(x) or (bias_add is not None and not _exclusive(layer.outputs[0])):
+            if not is_exclusive(x) or (bias_add is not None and not is_exclusive(layer.outputs[0])):
                 continue
             affine = self.affine(node, var_index, const, layer)
             if affine is None:
@@ -119,7 +119,3 @@ def _channels(layer: ir.Node) -> int | None:
         trans = layer.attributes.get("transB")
         return int(arr.shape[0] if trans is not None and trans.as_int() else arr.shape[1])
     return int(arr.shape[1])
-
-
-def _exclusive(value: ir.Value) -> bool:
-    return not value.is_graph_output() and len(content_uses(value)) == 1

@@ -20,8 +20,9 @@ from bnfold.onnx.batchnorm import FrozenBatchNorm, read_batchnorm
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import display_name
 from bnfold.onnx.identity_tap import add_identity, identity_tap
+from bnfold.onnx.layers import value_dtype
 from bnfold.onnx.passes.base import BnfoldPass, is_graph_boundary, replace_output
-from bnfold.onnx.uses import content_uses
+from bnfold.onnx.uses import content_uses, is_exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class FoldBatchNormIdentityBranchPass(BnfoldPass):
         new_b: np.ndarray,
     ) -> None:
         name = display_name(conv)
-        w_type = _dtype(conv.inputs[1])
-        b_type = _dtype(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else w_type
+        w_type = value_dtype(conv.inputs[1])
+        b_type = value_dtype(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else w_type
         w_val = self.ctx.new_constant(conv, new_w, f"{name}.weight_bnfold", w_type)
         b_val = self.ctx.new_constant(conv, new_b, f"{name}.bias_bnfold", b_type)
         if len(conv.inputs) < 3:
@@ -136,18 +137,8 @@ def _sum_terms(add: ir.Node, skip: ir.Value) -> list[ir.Node]:
         producer = value.producer()
         if producer is None:
             continue
-        if is_onnx_op(producer, "Add") and _exclusive(value):
+        if is_onnx_op(producer, "Add") and is_exclusive(value):
             stack.extend(v for v in producer.inputs if v is not None)
-        elif _exclusive(value):
+        elif is_exclusive(value):
             terms.append(producer)
     return terms
-
-
-def _exclusive(value: ir.Value) -> bool:
-    return not value.is_graph_output() and len(content_uses(value)) == 1
-
-
-def _dtype(value: ir.Value | None) -> ir.DataType | None:
-    if value is None:
-        return None
-    return value.const_value.dtype if value.const_value is not None else value.dtype
