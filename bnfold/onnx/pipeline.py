@@ -20,9 +20,6 @@ from bnfold.onnx.passes.fold_channel_affine import FoldChannelAffinePass
 from bnfold.onnx.passes.fold_constants import FoldConstantsPass
 from bnfold.onnx.passes.fold_consumer import FoldBatchNormIntoConsumerPass
 from bnfold.onnx.passes.fold_identity_branch import FoldBatchNormIdentityBranchPass
-from bnfold.onnx.passes.fold_through_add import FoldBatchNormThroughAddPass
-from bnfold.onnx.passes.fold_through_concat import FoldBatchNormThroughConcatPass
-from bnfold.onnx.passes.fold_through_layout import FoldBatchNormThroughLayoutPass
 from bnfold.onnx.passes.identity import KeepOutputNamesIdentityEliminationPass
 from bnfold.onnx.passes.rewrite_standalone import RewriteStandaloneBatchNormPass
 from bnfold.onnx.passes.split_to_sequence import SequenceSplitToSplitPass
@@ -50,11 +47,8 @@ def fold_passes(ctx: FoldContext) -> list[ir.passes.PassBase]:
     return [
         StripDropoutPass(ctx),
         FoldChannelAffinePass(ctx),
-        FoldBatchNormIntoProducerPass(ctx),
-        FoldBatchNormThroughLayoutPass(ctx),
-        FoldBatchNormThroughConcatPass(ctx),
-        AbsorbIdentityTermPass(ctx),
-        FoldBatchNormThroughAddPass(ctx),
+        AbsorbIdentityTermPass(ctx),  # Conv(x) + x → Conv', so the sum's BN can fold
+        FoldBatchNormIntoProducerPass(ctx),  # directly, through layout ops, Concat or Add
         FoldBatchNormIntoConsumerPass(ctx),
         FoldBatchNormIdentityBranchPass(ctx),
     ]

@@ -4,7 +4,7 @@ RepViT normalises ``conv(x) + conv1(x) + x``. The identity term ``x`` blocks the
 (x is no layer output), but it is itself a convolution of x: with C_in = C_out, stride 1 and
 size-keeping padding, adding 1 at each channel's aligned tap (``identity_tap.py``) gives
 Conv'(x) = Conv(x) + x exactly. The term then leaves the sum and the BN can fold into the
-remaining terms (FoldBatchNormThroughAddPass). Only sums read by a BN are touched.
+remaining terms (FoldBatchNormIntoProducerPass). Only sums read by a BN are touched.
 """
 
 from __future__ import annotations

@@ -1,23 +1,28 @@
-"""FoldBatchNormIntoProducerPass: Conv/ConvTranspose/Gemm/MatMul (+ bias Add) → BN."""
+"""FoldBatchNormIntoProducerPass: fold a BN into the layer(s) that produce its input.
+
+The producer side is planned by ``producers.plan_output_affine``: a Conv, ConvTranspose,
+Gemm or MatMul (+ bias Add) directly, or reached through layout ops (LeViT's
+``bn(x.flatten(0, 1))``), a channel Concat (s and t split per input) or an Add of
+foldable terms (``s·(a + b) + t = (s·a + t) + s·b``). Everything is checked before the
+graph changes.
+"""
 
 from __future__ import annotations
 
 import logging
 
-import onnx_ir as ir
-
-from bnfold.onnx.batchnorm import FrozenBatchNorm, read_batchnorm
+from bnfold.onnx.batchnorm import read_batchnorm
 from bnfold.onnx.constants import is_onnx_op
-from bnfold.onnx.context import display_name
-from bnfold.onnx.layers import PRODUCER_OPS, Rewrite, matmul_bias_add, prepare_output_affine
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
-from bnfold.onnx.uses import content_uses
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.producers import Plan, drop_batchnorm, plan_output_affine
 
 logger = logging.getLogger(__name__)
 
+_SPLIT_PATTERNS = {"Concat": "Concat→BN (split per input)", "Add": "Add→BN (split over terms)"}
+
 
 class FoldBatchNormIntoProducerPass(BnfoldPass):
-    """Fold a frozen BN into the linear layer that produces its input."""
+    """Fold each frozen BN into whatever linear layers produce its input."""
 
     def run(self) -> bool:
         modified = False
@@ -28,57 +33,17 @@ class FoldBatchNormIntoProducerPass(BnfoldPass):
             if isinstance(bn, str):
                 self.ctx.skip(node, bn)
                 continue
-            result = self.check(bn)
-            if isinstance(result, str):
-                self.ctx.skip(node, result)
+            x = node.inputs[0]
+            assert x is not None
+            plan = plan_output_affine(self.ctx, x, 1, bn.scale, bn.shift)
+            if not isinstance(plan, Plan):
+                self.ctx.skip(node, plan)
                 continue
-            self.rewrite(bn, result)
+            drop_batchnorm(self.ctx, node, plan, pattern(plan))
             modified = True
         return modified
 
-    def check(self, bn: FrozenBatchNorm) -> Rewrite | str:
-        """A ready Rewrite, or why this BN cannot fold into its producer."""
-        x = bn.node.inputs[0]
-        assert x is not None
-        producer = x.producer()
-        if producer is None:
-            kind = "an initializer" if x.is_initializer() else "a graph input"
-            return f"BN input '{x.name}' is {kind}; there is no producer to fold into"
-        bias_add = None
-        layer = producer
-        if not is_onnx_op(producer, PRODUCER_OPS):
-            pair = matmul_bias_add(self.ctx, x)
-            if pair is None:
-                return (
-                    f"producer {producer.op_type} '{display_name(producer)}' is not a linear layer"
-                )
-            layer, bias_add = pair
-        reason = _exclusive(x, "BN")
-        if reason is None and bias_add is not None:
-            reason = _exclusive(layer.outputs[0], "bias Add")
-        if reason is not None:
-            return f"{layer.op_type} '{display_name(layer)}' output {reason}"
-        return prepare_output_affine(self.ctx, layer, bn.scale, bn.shift, 1, bias_add)
 
-    def rewrite(self, bn: FrozenBatchNorm, rewrite: Rewrite) -> None:
-        node = bn.node
-        new_out = rewrite.apply()
-        replace_output(node.outputs[0], new_out)
-        assert node.graph is not None
-        node.graph.remove(node, safe=True)
-        layer = new_out.producer()
-        op = layer.op_type if layer is not None else "?"
-        if layer is not None and is_onnx_op(layer, "Add"):
-            op = "MatMul+Add"
-        self.ctx.done(node, "folded", into=rewrite.into, pattern=f"{op}→BN")
-
-
-def _exclusive(value: ir.Value, consumer: str) -> str | None:
-    """None when ``value`` feeds only its one consumer and is not a graph output."""
-    if value.is_graph_output():
-        return "is also a graph output"
-    users = content_uses(value)  # Shape(x) reads no values: a fold cannot change it
-    if len(users) != 1:
-        others = sorted({u.node.op_type for u in users})
-        return f"has {len(users)} consumers ({', '.join(others)}), not only the {consumer}"
-    return None
+def pattern(plan: Plan) -> str:
+    """The report's pattern: ``Conv→BN``, ``MatMul→Add→Transpose→BN``, ``Concat→BN (…)``."""
+    return _SPLIT_PATTERNS.get(plan.path[0], "→".join([*plan.path, "BN"]))
