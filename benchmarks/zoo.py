@@ -938,43 +938,17 @@ def export_onnx(
     dynamo: ``torch.onnx.export(..., dynamo=True, optimize=False)``; legacy:
     ``dynamo=False, do_constant_folding=False``. Returns the written path.
     """
+    from bnfold.errors import BnfoldError
+    from bnfold.torch.export import export_unfolded
+
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError(f"unknown exporter {exporter!r} (use 'dynamo' or 'legacy')")
     path = Path(path)
-    model = model.eval()
     names = [f"input_{i}" for i in range(len(inputs))]
     try:
-        if exporter == "dynamo":
-            program = torch.onnx.export(
-                model,
-                inputs,
-                dynamo=True,
-                optimize=False,
-                opset_version=opset,
-                input_names=names,
-                verbose=False,
-            )
-            if program is None:
-                raise ZooExportError("torch.onnx.export(dynamo=True) returned no program")
-            program.save(str(path))
-        elif exporter == "legacy":
-            torch.onnx.export(
-                model,
-                inputs,
-                str(path),
-                dynamo=False,
-                do_constant_folding=False,
-                opset_version=min(opset, 17),
-                input_names=names,
-            )
-        else:
-            raise ValueError(f"unknown exporter {exporter!r} (use 'dynamo' or 'legacy')")
-    except ZooExportError:
-        raise
-    except ValueError:
-        raise
-    except Exception as exc:  # exporters raise many unrelated types
-        raise ZooExportError(
-            f"{exporter} export of {type(model).__name__} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        export_unfolded(model, inputs, path, exporter=exporter, opset=opset, names=names)
+    except BnfoldError as exc:
+        raise ZooExportError(f"{exporter} export of {type(model).__name__} failed: {exc}") from exc
     if not path.exists():
         raise ZooExportError(f"{exporter} export did not write {path}")
     return path
