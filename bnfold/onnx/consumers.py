@@ -19,7 +19,7 @@ from bnfold.onnx import layout
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.layers import cast_like, layer_constant, value_dtype
-from bnfold.onnx.producers import MAX_DEPTH, Plan, op_counts
+from bnfold.onnx.producers import MAX_DEPTH, Plan, combined, op_counts
 from bnfold.onnx.uses import content_uses
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ def plan_input_affine(
     if len(plans) == 1:
         return plans[0]
 
-    def apply() -> None:
-        for plan in plans:
-            plan.apply()
-
-    into = [name for plan in plans for name in plan.into]
-    return Plan(apply, into, ["+".join(sorted({"→".join(p.path) for p in plans}))])
+    return combined(plans, "+".join(sorted({"→".join(p.path) for p in plans})))
 
 
 def _plan_use(

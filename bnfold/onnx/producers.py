@@ -176,12 +176,17 @@ def _through_concat(
             return f"{name} input {i}: {plan}"
         plans.append(plan)
 
+    return combined(plans, "Concat")
+
+
+def combined(plans: list[Plan], op: str) -> Plan:
+    """One Plan applying every part plan (each checked already), e.g. per Concat input."""
+
     def apply() -> None:
         for plan in plans:
             plan.apply()
 
-    into = [name for plan in plans for name in plan.into]
-    return Plan(apply, into, ["Concat"])
+    return Plan(apply, [name for plan in plans for name in plan.into], [op])
 
 
 def drop_batchnorm(ctx: FoldContext, node: ir.Node, plan: Plan, pattern: str) -> None:
@@ -224,11 +229,7 @@ def _through_add(
             return f"{name} is not a linear layer and its terms cannot absorb the BN: {why}"
         plans.append(plan)
 
-    def apply() -> None:
-        for plan in plans:
-            plan.apply()
-
-    return Plan(apply, [n for plan in plans for n in plan.into], ["Add"])
+    return combined(plans, "Add")
 
 
 def _scale_constant_term(
