@@ -37,7 +37,7 @@ def bench(
     label: str | None = None,
     vs_label: str | None = None,
 ) -> BenchResult:
-    """Time ``model`` (and ``vs``, interleaved A B A B …) in onnxruntime at each level.
+    """Time ``model`` (and ``vs``, interleaved A B, B A, …) in onnxruntime at each level.
 
     Models are paths, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model``. ``iters=None``
     picks the number of rounds from the warm-up so that each level takes about two

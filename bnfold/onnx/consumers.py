@@ -18,7 +18,7 @@ from bnfold import foldmath
 from bnfold.onnx import layout
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.layers import cast_like, layer_constant, value_dtype
+from bnfold.onnx.layers import cast_like, conv_bias, layer_constant, value_dtype
 from bnfold.onnx.producers import MAX_DEPTH, Plan, combined, op_counts
 from bnfold.onnx.uses import content_uses
 
@@ -132,17 +132,9 @@ def _plan_conv(
     group = group_attr.as_int() if group_attr is not None else 1
     if w.shape[1] * group != s.shape[0] or w.shape[0] % group:
         return f"{s.shape[0]} channels do not match {name}'s {w.shape[1] * group} inputs"
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    b = None
-    if has_bias:
-        got = layer_constant(ctx, node, 2, "bias")
-        if isinstance(got, str):
-            return got
-        b = got.reshape(-1)
-        if b.shape[0] != w.shape[0] and not np.any(b):
-            b = None  # an all-zero bias of the wrong shape (torch dynamo Conv3d) is no bias
-        elif b.shape[0] != w.shape[0]:
-            return f"{name} bias has {b.shape[0]} entries, expected {w.shape[0]}"
+    b = conv_bias(ctx, node, w.shape[0])
+    if isinstance(b, str):
+        return b
     w64, b64 = foldmath.fold_conv_input_affine(w, b, s, t, group)
     new_w = cast_like(w64, w, "weight")
     new_b = cast_like(b64, b if b is not None else np.zeros(w.shape[0], w.dtype), "bias")

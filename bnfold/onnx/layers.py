@@ -103,6 +103,25 @@ def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> n
     return arr
 
 
+def conv_bias(ctx: FoldContext, layer: ir.Node, channels: int) -> np.ndarray | str | None:
+    """A Conv/ConvTranspose bias as a length-``channels`` vector, None when absent, or why not.
+
+    torch's dynamo exporter gives a bias-free Conv3d an all-zero bias of the wrong shape
+    (the exported model does not run); such a bias is treated as no bias.
+    """
+    if len(layer.inputs) < 3 or layer.inputs[2] is None:
+        return None
+    got = layer_constant(ctx, layer, 2, "bias")
+    if isinstance(got, str):
+        return got
+    b = got.reshape(-1)
+    if b.shape[0] == channels:
+        return b
+    if not np.any(b):
+        return None
+    return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
+
+
 def cast_like(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
     """float64 results cast to ``like``'s dtype (range-checked), or the refusal reason."""
     out, reason = foldmath.cast_back(
@@ -135,16 +154,9 @@ def _prepare_conv(
     if s.shape[0] != channels:
         return f"{s.shape[0]} channels do not match {layer.op_type}'s {channels} outputs"
     has_bias = len(layer.inputs) > 2 and layer.inputs[2] is not None
-    b: np.ndarray | None = None
-    if has_bias:
-        got = layer_constant(ctx, layer, 2, "bias")
-        if isinstance(got, str):
-            return got
-        b = got.reshape(-1)
-        if b.shape[0] != channels and not np.any(b):
-            b = None  # all-zero bias of a wrong shape (torch dynamo Conv3d export): no bias
-        elif b.shape[0] != channels:
-            return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
+    b = conv_bias(ctx, layer, channels)
+    if isinstance(b, str):
+        return b
     if transpose:
         new_w = cast_like(foldmath.scale_conv_transpose_output(w, s, group), w, "weight")
     else:
