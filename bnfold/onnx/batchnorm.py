@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
 
 from bnfold import foldmath
-from bnfold.onnx.constants import constant_array, why_not_constant
+from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext
 
 _PARAMS = ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))
@@ -56,6 +57,22 @@ def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
         arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], eps
     )
     return FrozenBatchNorm(node, s, t)
+
+
+def frozen_batchnorms(ctx: FoldContext, *, record: bool = False) -> Iterator[FrozenBatchNorm]:
+    """Every readable BN still in the model, over a snapshot that tolerates removals.
+
+    ``record`` notes why an unreadable BN cannot fold (the first fold pass does this).
+    """
+    for node in ctx.all_nodes():
+        if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
+            continue
+        bn = read_batchnorm(ctx, node)
+        if isinstance(bn, str):
+            if record:
+                ctx.skip(node, bn)
+            continue
+        yield bn
 
 
 def _training_reason(ctx: FoldContext, node: ir.Node) -> str | None:

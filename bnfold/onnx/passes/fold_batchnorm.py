@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from bnfold.onnx.batchnorm import read_batchnorm
-from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.producers import Plan, drop_batchnorm, plan_output_affine
 
@@ -26,13 +25,8 @@ class FoldBatchNormIntoProducerPass(BnfoldPass):
 
     def run(self) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
-            if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
-                continue
-            bn = read_batchnorm(self.ctx, node)
-            if isinstance(bn, str):
-                self.ctx.skip(node, bn)
-                continue
+        for bn in frozen_batchnorms(self.ctx, record=True):
+            node = bn.node
             x = node.inputs[0]
             assert x is not None
             plan = plan_output_affine(self.ctx, x, 1, bn.scale, bn.shift)

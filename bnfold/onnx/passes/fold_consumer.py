@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from bnfold.onnx.batchnorm import read_batchnorm
-from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.consumers import plan_input_affine
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.producers import Plan, drop_batchnorm
@@ -24,12 +23,8 @@ class FoldBatchNormIntoConsumerPass(BnfoldPass):
 
     def run(self) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
-            if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
-                continue
-            bn = read_batchnorm(self.ctx, node)
-            if isinstance(bn, str):
-                continue  # the producer pass already recorded this reason
+        for bn in frozen_batchnorms(self.ctx):
+            node = bn.node
             plan = plan_input_affine(self.ctx, node.outputs[0], 1, bn.scale, bn.shift)
             if not isinstance(plan, Plan):
                 continue  # the final explanation names both sides' blockers

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import foldmath
-from bnfold.onnx.batchnorm import FrozenBatchNorm, read_batchnorm
+from bnfold.onnx.batchnorm import FrozenBatchNorm, frozen_batchnorms
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import display_name
 from bnfold.onnx.identity_tap import add_identity, identity_tap
@@ -32,12 +32,7 @@ class FoldBatchNormIdentityBranchPass(BnfoldPass):
 
     def run(self) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
-            if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
-                continue
-            bn = read_batchnorm(self.ctx, node)
-            if isinstance(bn, str):
-                continue
+        for bn in frozen_batchnorms(self.ctx):
             plan = self.check(bn)
             if plan is None:
                 continue

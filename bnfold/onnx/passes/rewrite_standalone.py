@@ -16,8 +16,7 @@ import onnx_ir as ir
 
 from bnfold import foldmath
 from bnfold.onnx import layout
-from bnfold.onnx.batchnorm import FrozenBatchNorm, read_batchnorm
-from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.batchnorm import FrozenBatchNorm, frozen_batchnorms
 from bnfold.onnx.context import display_name
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
 
@@ -31,12 +30,7 @@ class RewriteStandaloneBatchNormPass(BnfoldPass):
         if not self.ctx.options.rewrite_standalone:
             return False
         modified = False
-        for node in self.ctx.all_nodes():
-            if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
-                continue
-            bn = read_batchnorm(self.ctx, node)
-            if isinstance(bn, str):
-                continue
+        for bn in frozen_batchnorms(self.ctx):
             if self.rewrite(bn):
                 modified = True
         return modified
