@@ -102,13 +102,9 @@ def _to_ir(model: Any) -> tuple[ir.Model, str, Path | None]:
             proto = onnx.load_from_string(model)
         except Exception as err:
             raise ModelLoadError(f"bytes are not a valid ONNX model ({err})") from err
-        io.check_proto(proto, "model bytes")
-        return _deserialize(proto), "proto", None
+        return _deserialize(proto, io.check_proto(proto, "model bytes")), "proto", None
     if isinstance(model, onnx.ModelProto):
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model)  # check_proto records inferred shapes; keep the caller's intact
-        io.check_proto(proto, "model")
-        return _deserialize(proto), "proto", None
+        return _deserialize(model, io.check_proto(model, "model")), "proto", None
     if isinstance(model, ir.Model):
         return model.clone(), "ir", None
     raise InputError(
@@ -117,7 +113,14 @@ def _to_ir(model: Any) -> tuple[ir.Model, str, Path | None]:
     )
 
 
-def _deserialize(proto: onnx.ModelProto) -> ir.Model:
+def _deserialize(proto: onnx.ModelProto, shapes: list[onnx.ValueInfoProto]) -> ir.Model:
+    """The IR of ``proto`` (left untouched) with the inferred ``shapes`` applied."""
     model = ir.serde.deserialize_model(proto)
+    values = {v.name: v for v in model.graph.inputs}
+    values.update((v.name, v) for node in model.graph for v in node.outputs)
+    for info in shapes:
+        value = values.get(info.name)
+        if value is not None and value.shape is None:
+            ir.serde.deserialize_value_info_proto(info, value)
     model.graph.meta[SHAPES_INFERRED] = True
     return model

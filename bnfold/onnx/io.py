@@ -67,7 +67,7 @@ def load_proto(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: {_not_onnx(path, None)}")
     validate.validate_proto(proto, str(path))
     check_external_data(proto, path.parent, str(path))
-    check_proto(proto, str(path))
+    proto.graph.value_info.extend(check_proto(proto, str(path)))  # our own copy
     return proto
 
 
@@ -81,17 +81,15 @@ def _not_onnx(path: Path, err: BaseException | None) -> str:
     return f"not a valid ONNX model: data is corrupt or truncated ({_one_line(err)})"
 
 
-def check_proto(proto: onnx.ModelProto, label: str) -> None:
+def check_proto(proto: onnx.ModelProto, label: str) -> list[onnx.ValueInfoProto]:
     """Run onnx's structural checker (on a weight-free copy); raise ModelLoadError on failure.
 
-    Also records inferred shapes in ``proto`` (ranks let MatMul/layout folds prove axes).
+    Returns the inferred shapes of untyped main-graph values (ranks let MatMul/layout folds
+    prove axes); ``proto`` itself is not modified.
     """
     try:
-        lite.check(proto)
-        lite.infer_shapes_into(proto)
-    except onnx.checker.ValidationError as err:
-        raise ModelLoadError(f"{label}: fails the ONNX checker: {_one_line(err)}") from err
-    except Exception as err:
+        return lite.check_and_infer(proto)
+    except Exception as err:  # onnx.checker.ValidationError and friends
         raise ModelLoadError(f"{label}: fails the ONNX checker: {_one_line(err)}") from err
 
 

@@ -56,22 +56,23 @@ def _is_small(tensor: onnx.TensorProto) -> bool:
     return count * 8 <= SMALL_TENSOR_BYTES and tensor.ByteSize() <= SMALL_TENSOR_BYTES
 
 
-def check(proto: onnx.ModelProto) -> None:
-    """Run the structural ONNX checker on a lite copy (raises onnx's ValidationError)."""
-    onnx.checker.check_model(lite_copy(proto), full_check=False)
+def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Check ``proto`` structurally and infer its shapes, on one lite copy; ``proto`` is unchanged.
 
-
-def infer_shapes_into(proto: onnx.ModelProto) -> bool:
-    """Add inferred ``value_info`` of the main graph to ``proto``; False when inference failed."""
+    Raises onnx's ValidationError when the checker fails. Returns the inferred
+    ``value_info`` of main-graph values not already typed (empty when inference fails:
+    it is best-effort).
+    """
+    lite = lite_copy(proto)
+    onnx.checker.check_model(lite, full_check=False)
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            lite_copy(proto), check_type=False, strict_mode=False, data_prop=True
+            lite, check_type=False, strict_mode=False, data_prop=True
         )
     except Exception as err:  # inference is best-effort
         logger.debug("shape inference failed: %s", err)
-        return False
+        return []
     known = {v.name for v in proto.graph.value_info}
     known.update(i.name for i in proto.graph.input)
     known.update(o.name for o in proto.graph.output)
-    proto.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
-    return True
+    return [v for v in inferred.graph.value_info if v.name not in known]
