@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from bnfold.cli.common import guarded, print_json
+from bnfold.cli.common import guarded, parse_shape, print_json
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ def bench(
       bnfold bench model.onnx --provider cuda --level all --json
     """
     from bnfold.latency.api import bench as run_bench
-    from bnfold.latency.inputs import parse_shape
 
     chosen = list(LEVEL_NAMES) if all_levels else (levels or list(DEFAULT_LEVELS))
     result = run_bench(

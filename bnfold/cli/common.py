@@ -59,6 +59,18 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``; the name may contain ':')."""
+    import re
+
+    from bnfold.errors import InputError
+
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name or not re.fullmatch(r"\d+([x,]\d+)*", dims):
+        raise InputError(f"bad shape {text!r}: expected NAME:1x3x224x224")
+    return name, tuple(int(d) for d in re.split(r"[x,]", dims))
+
+
 def print_json(data: Any) -> None:
     """Write ``data`` as indented JSON to stdout."""
     click.echo(json.dumps(data, indent=2, default=_json_default))

@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from bnfold.cli.common import guarded, print_json
+from bnfold.cli.common import guarded, parse_shape, print_json
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def verify(
         reference,
         candidate,
         inputs=list(inputs) or None,
-        shapes=_shapes(shapes),
+        shapes=dict(parse_shape(s) for s in shapes) or None,
         seeds=seeds,
         rtol=global_rtol,
         atol=global_atol,
@@ -117,25 +117,6 @@ def verify(
         click.echo(result.describe())
     if not result:
         raise NotEquivalentError(result.summary())
-
-
-def _shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
-    """Parse ``NAME:1x3x224x224`` (the name may itself contain ':')."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shape = tuple(int(d) for d in dims.replace(",", "x").split("x")) if dims else ()
-            if any(d < 0 for d in shape):
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(
-                f"{spec!r}: expected NAME:DIMS such as images:1x3x224x224", param_hint="--shape"
-            ) from None
-        shapes[name] = shape
-    return shapes or None
 
 
 def _tolerances(specs: tuple[str, ...], option: str) -> tuple[float | None, dict[str, float]]:

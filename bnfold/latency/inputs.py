@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,14 +53,6 @@ def make_feeds(
         else:
             feeds[arg.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
-
-
-def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``) into a name and a shape."""
-    name, sep, dims = text.rpartition(":")
-    if not sep or not name or not re.fullmatch(r"\d+([x,]\d+)*", dims):
-        raise InputError(f"bad shape {text!r}: expected NAME:1x3x224x224")
-    return name, tuple(int(d) for d in re.split(r"[x,]", dims))
 
 
 def _concrete(dim: Any) -> int:

@@ -9,8 +9,9 @@ import onnx
 import onnx_ir
 import pytest
 
+from bnfold.cli.common import parse_shape
 from bnfold.errors import InputError, ModelLoadError
-from bnfold.latency.inputs import make_feeds, parse_shape
+from bnfold.latency.inputs import make_feeds
 from bnfold.latency.model_stats import resolve_model
 from bnfold.latency.sessions import create_session
 
