@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -137,31 +138,47 @@ def _run_pool(
 
 
 _STOP: Any = None  # the pool's stop event, inside a worker process
+_INTERRUPTED = False  # Ctrl-C reached this worker while it was idle
 
 
-def _init_worker(stop: Any) -> None:
+def _init_worker(stop: Any = None) -> None:
+    """Worker start-up: Ctrl-C while idle only marks the worker interrupted.
+
+    Left at Python's default, a SIGINT landing while the worker waits for work kills it
+    inside multiprocessing's loop, which prints a traceback; ignored, the worker could
+    still pick up a queued model before the parent's stop event is set.
+    """
     global _STOP
     _STOP = stop
+    signal.signal(signal.SIGINT, _note_interrupt)
+
+
+def _note_interrupt(signum: int, frame: Any) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
 
 
 def _fold_unless_stopped(path: Path, options: FoldFileOptions) -> FoldFileOutcome:
     """fold_file in a worker; skipped once the run is interrupted."""
-    if _STOP is not None and _STOP.is_set():
+    if _INTERRUPTED or (_STOP is not None and _STOP.is_set()):
         return _failed(path, "not folded: the run was interrupted")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a running model aborts
     try:
         return fold_file(path, options)
     except KeyboardInterrupt:
         if _STOP is not None:
             _STOP.set()  # Ctrl-C reached this worker too: skip what is still queued
         raise
+    finally:
+        signal.signal(signal.SIGINT, _note_interrupt)
 
 
 def _run_isolated(path: Path, opts: FoldFileOptions) -> FoldFileOutcome:
     """Fold one model in a fresh single-worker pool, so a crash is pinned on it."""
     logger.info("retrying %s alone after a worker crash", path)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, initializer=_init_worker) as pool:
         try:
-            return pool.submit(fold_file, path, opts).result()
+            return pool.submit(_fold_unless_stopped, path, opts).result()
         except BrokenProcessPool:
             return _failed(path, "worker process died while folding it (out of memory or a crash)")
         except Exception as err:

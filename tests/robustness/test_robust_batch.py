@@ -205,3 +205,21 @@ def test_ctrl_c_stops_the_batch_and_writes_nothing_more(tmp_path: Path) -> None:
     for name in written:
         onnx.checker.check_model(str(out / name), full_check=True)
     assert "m3.folded.onnx" not in written
+
+
+def test_regression_ctrl_c_in_an_idle_worker_printed_a_traceback(tmp_path: Path) -> None:
+    """An idle pool worker died of SIGINT inside multiprocessing's loop (a traceback on
+    stderr) and could still start a queued model; now it only notes the interrupt."""
+    from bnfold.cli import batch
+    from bnfold.workflow import FoldFileOptions
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        batch._init_worker()
+        os.kill(os.getpid(), signal.SIGINT)  # handled at once: no KeyboardInterrupt
+        outcome = batch._fold_unless_stopped(tmp_path / "queued.onnx", FoldFileOptions())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        batch._INTERRUPTED = False
+    assert outcome.error == "not folded: the run was interrupted"
+    assert not (tmp_path / "queued.folded.onnx").exists()
