@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,9 +175,9 @@ def save_model(
     ``external_data=None`` decides automatically: external when the input had external
     data or the weights exceed the 2 GB protobuf limit. ``before_commit`` is called with
     the fully written temporary model path before anything is moved into place; if it
-    raises, nothing is written. Files are flushed to disk before the rename, and the
-    data file never takes the name of a file the input or the replaced output still
-    reads, so an interrupted commit cannot pair a model with foreign weights.
+    raises, nothing is written. The data file never takes the name of a file the input
+    or the replaced output still reads, so an interrupted commit cannot pair a model
+    with foreign weights.
     ``replaces_source`` (in-place) lets the input's own stale data file be removed.
     """
     out = Path(path)
@@ -188,25 +188,51 @@ def save_model(
     sources = outputs.source_data_files(model)
     replaced = outputs.referenced_data_files(out)
     data_name = outputs.data_file_name(out, sources | replaced) if external_data else None
+    # The name is chosen before the folder exists, so a Ctrl-C at any point after this
+    # line still finds (and removes) whatever was created.
+    tmp = folder / f".{out.name}.{secrets.token_hex(6)}.bnfold-tmp"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".bnfold-tmp", dir=folder))
-    except OSError as err:
-        raise OutputError(f"{folder}: cannot write there ({outputs.os_reason(err)})") from err
-    try:
+        try:
+            tmp.mkdir()
+        except OSError as err:
+            raise OutputError(f"{folder}: cannot write there ({outputs.os_reason(err)})") from err
         _write_and_commit(model, tmp, out, data_name, before_commit)
     except BnfoldError:
         raise
     except OSError as err:
         raise OutputError(f"{out}: {outputs.os_reason(err)}; nothing written") from err
     except Exception as err:
+        if _caused_by_interrupt(err):
+            raise KeyboardInterrupt from err  # a library turned Ctrl-C into another error
         raise OutputError(f"{out}: write failed ({_one_line(err)}); nothing written") from err
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
     keep = {(folder / data_name).resolve()} if data_name else set()
     if not replaces_source:
         keep |= sources
     outputs.remove_quietly(p for p in outputs.owned_data_files(out, replaced) if p not in keep)
     return out
+
+
+def _caused_by_interrupt(err: BaseException) -> bool:
+    """True when a KeyboardInterrupt is somewhere in ``err``'s cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a temporary folder, finishing the job even if Ctrl-C lands meanwhile."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except KeyboardInterrupt:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def check_output_path(out: Path, folder: Path) -> None:

@@ -280,10 +280,14 @@ def test_permission_refused_by_the_file_system(
 ) -> None:
     """os.access can say yes and the file system still say no (ACLs, read-only mounts)."""
 
-    def mkdtemp(**kwargs):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    real_mkdir = Path.mkdir
 
-    monkeypatch.setattr(io.tempfile, "mkdtemp", mkdtemp)
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self.name.endswith(".bnfold-tmp"):  # the temporary folder beside the output
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
     result = fold_cli(str(model_path), "-o", str(out_dir / "f.onnx"))
     assert_one_line_error(result, str(out_dir), "permission denied")
 
@@ -323,3 +327,24 @@ def test_hard_linked_external_data_is_refused_clearly(tmp_path: Path) -> None:
     os.link(tmp_path / "m.onnx.data", tmp_path / "alias.data")
     result = fold_cli(str(path))
     assert_one_line_error(result, "m.onnx.data", "hard links")
+
+
+def test_regression_ctrl_c_turned_into_another_error_by_a_writer_is_an_interrupt(
+    model_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose clean-up failed after Ctrl-C (a TypeError chained on the
+    KeyboardInterrupt) was reported as "write failed", exit 2, instead of an interrupt."""
+
+    def fake(model, path, **kwargs):
+        Path(path).write_bytes(b"\x08\x08" + b"\0" * 1000)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TypeError("expected str, bytes or os.PathLike object") from None
+
+    monkeypatch.setattr(io.ir, "save", fake)
+    monkeypatch.setattr(io.stream_save, "write_inline", fake)
+    result = fold_cli(str(model_path), "-o", str(out_dir / "f.onnx"))
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "bnfold: error: interrupted"
+    assert list(out_dir.iterdir()) == []
