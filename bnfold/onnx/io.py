@@ -21,7 +21,7 @@ from bnfold.errors import (
     OutputError,
     VerificationError,
 )
-from bnfold.onnx import lite, outputs, sniff, stream_save, validate
+from bnfold.onnx import lite, mapped, outputs, sniff, stream_save, validate
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +45,26 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
         raise ModelLoadError(f"{path}: cannot read ({err.strerror})") from err
     if size == 0:
         raise ModelLoadError(f"{path}: file is empty")
-    proto = load_proto(path)
+    mapped_model = mapped.read_mapped(path)
+    proto = load_proto(path, mapped_model.proto if mapped_model else None)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as err:
         raise ModelLoadError(f"{path}: model structure is invalid ({_one_line(err)})") from err
+    if mapped_model is not None:
+        mapped.attach(model, mapped_model.weights)
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     validate.validate_model(model, str(path))
     return model
 
 
-def load_proto(path: Path) -> onnx.ModelProto:
-    """Parse the protobuf (no external data) and run the structural ONNX checker."""
+def load_proto(path: Path, parsed: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Parse the protobuf (no external data) and run the structural ONNX checker.
+
+    ``parsed``: the file already parsed (e.g. with its weights memory-mapped).
+    """
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = parsed if parsed is not None else onnx.load(str(path), load_external_data=False)
     except OSError as err:
         raise ModelLoadError(f"{path}: cannot read ({outputs.os_reason(err)})") from err
     except Exception as err:  # DecodeError, RuntimeError, … on garbage or a cut-off file

@@ -53,7 +53,12 @@ def _is_small(tensor: onnx.TensorProto) -> bool:
     count = 1
     for dim in tensor.dims:
         count *= dim
-    return count * 8 <= SMALL_TENSOR_BYTES and tensor.ByteSize() <= SMALL_TENSOR_BYTES
+    return is_small_shape(count) and tensor.ByteSize() <= SMALL_TENSOR_BYTES
+
+
+def is_small_shape(count: int) -> bool:
+    """True when a tensor of ``count`` elements may stay an initializer in the lite copy."""
+    return count * 8 <= SMALL_TENSOR_BYTES
 
 
 def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

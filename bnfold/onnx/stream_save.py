@@ -4,22 +4,30 @@
 copies of every weight. Protobuf merges repeated occurrences of an embedded message
 field, so a file may be written as the model without initializers followed by one
 ``graph { initializer: <tensor> }`` chunk per weight; every protobuf parser
-(onnx, onnxruntime) reads it as the same model. Peak memory: one tensor at a time.
+(onnx, onnxruntime) reads it as the same model. A numpy-backed weight is written straight
+from its array (header by hand, then the array's bytes): no copy at all, so a weight
+memory-mapped from the input goes from page cache to page cache.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+import onnx
 import onnx_ir as ir
+
+from bnfold.onnx import wire
+from bnfold.onnx.mapped import MAPPED_TYPES
 
 logger = logging.getLogger(__name__)
 
 _MODEL_GRAPH_FIELD = 7  # ModelProto.graph
 _GRAPH_INITIALIZER_FIELD = 5  # GraphProto.initializer
-_LENGTH_DELIMITED = 2
+_TENSOR_RAW_DATA_FIELD = 9  # TensorProto.raw_data
 
 
 def write_inline(model: ir.Model, path: Path) -> None:
@@ -48,27 +56,44 @@ def _restore(graph: ir.Graph, order: list[ir.Value]) -> None:
 
 
 def _write_initializer(f: BinaryIO, value: ir.Value) -> None:
-    assert value.const_value is not None
-    proto = ir.serde.serialize_tensor(value.const_value)
-    proto.name = value.name or proto.name
-    tensor = proto.SerializeToString()
-    del proto
-    inner = _key(_GRAPH_INITIALIZER_FIELD) + _varint(len(tensor))
-    f.write(_key(_MODEL_GRAPH_FIELD) + _varint(len(inner) + len(tensor)) + inner)
-    f.write(tensor)
+    tensor = value.const_value
+    assert tensor is not None
+    data = raw_array(tensor)
+    if data is None:
+        proto = ir.serde.serialize_tensor(tensor)
+        proto.name = value.name or proto.name
+        head, data_bytes = proto.SerializeToString(), b""
+        del proto
+    else:
+        head = _tensor_header(tensor, value.name or tensor.name or "")
+        head += wire.len_field(_TENSOR_RAW_DATA_FIELD, data.nbytes)
+        data_bytes = data  # type: ignore[assignment]
+    size = len(head) + len(data_bytes)
+    inner = wire.len_field(_GRAPH_INITIALIZER_FIELD, size)
+    f.write(wire.len_field(_MODEL_GRAPH_FIELD, len(inner) + size) + inner + head)
+    if len(data_bytes):
+        f.write(data_bytes)
 
 
-def _key(field: int) -> bytes:
-    return _varint((field << 3) | _LENGTH_DELIMITED)
+def raw_array(tensor: ir.TensorProtocol) -> np.ndarray | None:
+    """The tensor's ``raw_data`` bytes as a flat uint8 array viewing its numpy data, or None
+    when the tensor is not a plain numpy-backed one (then onnx-ir serialises it)."""
+    if type(tensor) is not ir.Tensor or tensor.dtype not in MAPPED_TYPES:
+        return None
+    if sys.byteorder != "little":
+        return None
+    array = tensor.raw
+    if not isinstance(array, np.ndarray) or array.dtype.itemsize * 8 != tensor.dtype.bitwidth:
+        return None
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+def _tensor_header(tensor: ir.TensorProtocol, name: str) -> bytes:
+    """The TensorProto of ``tensor`` without its data, as onnx-ir would write it."""
+    proto = onnx.TensorProto(name=name, data_type=tensor.dtype.value)
+    proto.dims.extend(tensor.shape.numpy())
+    if tensor.doc_string:
+        proto.doc_string = tensor.doc_string
+    for key, text in tensor.metadata_props.items():
+        proto.metadata_props.add(key=key, value=text)
+    return proto.SerializeToString()

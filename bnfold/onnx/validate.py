@@ -37,6 +37,33 @@ def validate_proto(proto: onnx.ModelProto, label: str) -> None:
     """Opsets and domains are known; every name a node reads is defined somewhere."""
     check_opsets(proto, label)
     check_defined_names(proto.graph, label)
+    check_tensor_sizes(proto, label)
+
+
+def check_tensor_sizes(proto: onnx.ModelProto, label: str) -> None:
+    """Every inline ``raw_data`` holds exactly the bytes its shape and type need.
+
+    The checker does not look, and onnxruntime refuses such a model only when it runs it.
+    """
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        try:
+            dtype = ir.DataType(tensor.data_type)
+        except ValueError:
+            continue  # the checker reports unknown types
+        if dtype == ir.DataType.STRING or dtype == ir.DataType.UNDEFINED:
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        need = (count * dtype.bitwidth + 7) // 8
+        have = len(tensor.raw_data)
+        if have != need:
+            raise ModelLoadError(
+                f"{label}: tensor '{tensor.name}' holds {have} bytes but its shape "
+                f"{list(tensor.dims)} of {dtype.name} needs {need} (truncated or corrupt data)"
+            )
 
 
 def check_opsets(proto: onnx.ModelProto, label: str) -> None:

@@ -146,3 +146,15 @@ def test_non_finite_scan_is_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     arr = np.zeros(100, np.float32)
     arr[[0, 6, 7, 50, 99]] = np.inf
     assert validate._count_non_finite(arr) == 5
+
+
+@pytest.mark.parametrize("cut", [1, 4], ids=["one-byte", "one-float"])
+def test_regression_short_raw_data_is_refused_on_load(tmp_path: Path, cut: int) -> None:
+    """A weight whose raw_data is shorter than its shape was reported as "not a constant"
+    and only failed later, inside onnxruntime; it is now refused when the model loads."""
+    model = good_model()
+    weight = next(t for t in model.graph.initializer if t.name == "W")
+    need = len(weight.raw_data)
+    weight.raw_data = weight.raw_data[:-cut]
+    with pytest.raises(ModelLoadError, match=f"'W' holds {need - cut} bytes .* needs {need}"):
+        fold_path(model, tmp_path)
