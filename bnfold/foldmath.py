@@ -77,20 +77,49 @@ def scale_output_channels_cast(
 
     Same float64 math and the same refusals (NaN/Inf, overflow, underflow), but the float64
     intermediate never exists for the whole tensor: each block of output channels is
-    scaled, checked and cast while it is still in cache.
+    scaled into one reused float64 buffer, cast, and checked while it is still in cache.
+    The checks run on the cast block (finite sum ⇒ no NaN, Inf or overflow; no zeros ⇒
+    nothing underflowed); a block that fails them is judged again by ``cast_back``.
     """
     w = np.asarray(weight)
-    out = np.empty(w.shape, dtype=dtype)
+    dtype = np.dtype(dtype)
     s = np.asarray(scale, dtype=np.float64)
-    row_bytes = max(1, int(np.prod(w.shape[1:])) * 8)
+    out = np.empty(w.shape, dtype=dtype)
+    if w.shape[0] == 0:
+        return out, None
+    row_bytes = max(1, w[0].size * 8)
     step = max(1, block_bytes // row_bytes)
+    if w.dtype.kind != "f" or dtype.kind != "f" or w.dtype.itemsize > 8:
+        return _cast_blocks(w, s, out, step)  # bfloat16 and friends: the general path
+    buffer = np.empty((min(step, w.shape[0]), *w.shape[1:]), dtype=np.float64)
+    s_rows = broadcast_along(s, w.ndim, 0)
+    sum_dtype = np.float32 if dtype.itemsize < 4 else dtype
     for start in range(0, w.shape[0], step):
         stop = min(start + step, w.shape[0])
-        block = scale_output_channels(w[start:stop], s[start:stop], axis=0)
-        cast, reason = cast_back(block, dtype, w[start:stop])
+        block = buffer[: stop - start]
+        np.multiply(w[start:stop], s_rows[start:stop], out=block)
+        cast = out[start:stop]
+        np.copyto(cast, block, casting="unsafe")
+        finite = np.isfinite(np.add.reduce(cast, axis=None, dtype=sum_dtype))
+        if not finite or np.count_nonzero(cast) != cast.size:
+            checked, reason = cast_back(block, dtype, w[start:stop])
+            if reason is not None:
+                return None, reason
+            cast[...] = checked
+    return out, None
+
+
+def _cast_blocks(
+    w: np.ndarray, s: np.ndarray, out: np.ndarray, step: int
+) -> tuple[np.ndarray | None, str | None]:
+    """The plain blocked loop: scale, ``cast_back``, store."""
+    for start in range(0, w.shape[0], step):
+        rows = w[start : start + step]
+        block = scale_output_channels(rows, s[start : start + step], axis=0)
+        cast, reason = cast_back(block, out.dtype, rows)
         if reason is not None:
             return None, reason
-        out[start:stop] = cast
+        out[start : start + step] = cast
     return out, None
 
 
@@ -184,11 +213,20 @@ def cast_back(
 def all_finite(arr: np.ndarray) -> bool:
     """True when no element is NaN or ±Inf (any float dtype, bfloat16 included)."""
     try:
-        if np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
-            return True  # a finite float64 sum proves every element finite
+        if np.isfinite(np.add.reduce(arr, axis=None, dtype=_sum_dtype(arr.dtype))):
+            return True  # a finite sum proves every element finite
         return bool(np.isfinite(arr).all())
     except TypeError:
         return bool(np.isfinite(np.asarray(arr, dtype=np.float64)).all())
+
+
+def _sum_dtype(dtype: np.dtype) -> type:
+    """The accumulator for a finiteness sum: float32 unless the data is wider.
+
+    A finite sum proves every element finite; an overflowing one only sends the caller
+    to the exact element-wise test.
+    """
+    return np.float64 if dtype.itemsize > 4 and dtype.kind == "f" else np.float32
 
 
 def _max_abs(arr: np.ndarray) -> float:
