@@ -38,6 +38,16 @@ def constant_array(
     return None
 
 
+def is_constant(value: ir.Value | None, *, allow_graph_inputs: bool = False) -> bool:
+    """Whether :func:`constant_array` has a candidate, without reading any data."""
+    if value is None or (value.is_graph_input() and not allow_graph_inputs):
+        return False
+    if value.const_value is not None:
+        return True
+    producer = value.producer()
+    return producer is not None and is_onnx_op(producer, "Constant")
+
+
 def why_not_constant(value: ir.Value | None, what: str, *, allow_graph_inputs: bool = False) -> str:
     """A human reason explaining why ``value`` is not usable as a constant."""
     if value is None:
@@ -69,7 +79,8 @@ def _constant_node_array(node: ir.Node) -> np.ndarray | None:
         if attr is None:
             continue
         if key == "value":
-            return _as_numpy(attr.as_tensor())
+            tensor = attr.value  # as_tensor() checks a runtime Protocol: slow on hot paths
+            return _as_numpy(tensor) if attr.type == ir.AttributeType.TENSOR else None
         if key == "value_float":
             return np.array(attr.as_float(), dtype=np.float32)
         if key == "value_floats":

@@ -29,6 +29,7 @@ from bnfold.onnx import lite, wire
 logger = logging.getLogger(__name__)
 
 MIN_MAPPED_BYTES = 64 * 1024  # smaller payloads are parsed as usual
+MIN_MAPPED_FILE_BYTES = 1024 * 1024  # smaller files: a copy is cheaper than the wire walk
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
@@ -72,6 +73,8 @@ def read_mapped(path: Path) -> MappedModel | None:
     if sys.byteorder != "little":
         return None
     try:
+        if path.stat().st_size < MIN_MAPPED_FILE_BYTES:
+            return None
         with open(path, "rb") as f:
             mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):  # empty file, special file: the regular path explains

@@ -24,6 +24,12 @@ from bnfold.onnx import io, mapped, stream_save, wire
 BIG = (64, 64, 3, 3)  # 147 KiB of float32: above the mapping threshold
 
 
+@pytest.fixture(autouse=True)
+def map_small_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test models are small files: map them anyway (the size cut-off has its own test)."""
+    monkeypatch.setattr(mapped, "MIN_MAPPED_FILE_BYTES", 0)
+
+
 def conv_bn_model(seed: int = 0, dtype: type = np.float32) -> onnx.ModelProto:
     """x → Conv(64→64, 3×3, bias) → BN → y, with weights large enough to be mapped."""
     b = GraphBuilder(seed, dtype)
@@ -119,6 +125,16 @@ def test_small_weights_are_parsed_as_usual(tmp_path: Path) -> None:
     b.bn(b.node("Conv", [x, b.weight("w", [4, 4, 3, 3])]), 4, output="y")
     b.output("y", 4)
     assert mapped.read_mapped(_save(b.build(), tmp_path / "small.onnx")) is None
+
+
+def test_files_below_the_size_cut_off_are_parsed_as_usual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(conv_bn_model(), tmp_path / "m.onnx")
+    monkeypatch.setattr(mapped, "MIN_MAPPED_FILE_BYTES", path.stat().st_size + 1)
+    assert mapped.read_mapped(path) is None
+    monkeypatch.setattr(mapped, "MIN_MAPPED_FILE_BYTES", path.stat().st_size)
+    assert mapped.read_mapped(path) is not None
 
 
 def test_packed_dims_are_read(tmp_path: Path) -> None:

@@ -115,6 +115,31 @@ def test_fold_constants_evaluates_computed_bias_only() -> None:
     assert_equivalent(model, ir_model)
 
 
+def test_fold_constants_shares_evaluators_only_between_identical_nodes() -> None:
+    """Evaluators are cached per node kind: a different attribute or input dtype is new."""
+    b = GraphBuilder(seed=5)
+    x = b.input("x", [2, 3])
+    values = np.array([[1.5, -2.5, 3.7], [0.2, 9.9, -1.1]])
+    c32 = b.const("c32", values.astype(np.float32))
+    c64 = b.const("c64", values * 2)
+    for i, (src, to) in enumerate(
+        [
+            (c32, onnx.TensorProto.INT32),
+            (c32, onnx.TensorProto.FLOAT16),
+            (c64, onnx.TensorProto.INT32),
+        ]
+    ):
+        cast = b.node("Cast", [src], to=to)
+        back = b.node("Cast", [cast], to=onnx.TensorProto.FLOAT)
+        b.node("Add", [x, back], outputs=[f"y{i}"])
+        b.output(f"y{i}", 2)
+    model = b.build()
+    ir_model, ctx = to_ir(model)
+    assert FoldConstantsPass(ctx)(ir_model).modified
+    assert "Cast" not in op_types(ir_model)
+    assert_equivalent(model, ir_model)
+
+
 def test_identity_pass_keeps_identity_between_graph_outputs() -> None:
     b = GraphBuilder(seed=4)
     x = b.input("x", ["N", 4])

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.constants import constant_array, is_constant, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass, replace_output
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ class FoldConstantsPass(BnfoldPass):
         if is_onnx_op(node, "CastLike") and index == 1:
             return value.dtype is not None
         if is_onnx_op(node, "Shape"):
-            return _static_shape(value) is not None or constant_array(value) is not None
-        return constant_array(value) is not None
+            return _static_shape(value) is not None or is_constant(value)
+        return is_constant(value)
 
     def evaluate(self, node: ir.Node) -> list[np.ndarray] | None:
         """Run one node in the reference evaluator; None when it cannot be evaluated."""
@@ -99,8 +99,8 @@ class FoldConstantsPass(BnfoldPass):
         if sum(a.size for a in feeds.values()) > MAX_ELEMENTS:
             return None
         try:
-            proto = _single_node_model(node, names, feeds, self.ctx.model.opset_imports)
-            outputs = _evaluator(proto).run(None, feeds)
+            evaluator = _evaluator(node, names, feeds, self.ctx.model.opset_imports)
+            outputs = evaluator.run(None, feeds)
         except Exception as err:  # unsupported op or odd input: simply leave the node
             logger.debug("constant evaluation of %s failed: %s", node.op_type, err)
             return None
@@ -123,22 +123,31 @@ class FoldConstantsPass(BnfoldPass):
 
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-_EVALUATORS: dict[bytes, ReferenceEvaluator] = {}
+_EVALUATORS: dict[tuple[object, ...], ReferenceEvaluator] = {}
 _MAX_CACHED = 512
 
 
-def _evaluator(proto: onnx.ModelProto) -> ReferenceEvaluator:
-    """A reference evaluator for a one-node model, shared by identical nodes.
+def _evaluator(
+    node: ir.Node, names: list[str], feeds: dict[str, np.ndarray], opsets: dict[str, int]
+) -> ReferenceEvaluator:
+    """A reference evaluator for ``node`` alone, shared by identical nodes.
 
     Exporters repeat the same small subexpression for every layer (dynamo's computed zero
-    bias); building the evaluator dominates its cost. The key is the whole serialized
-    one-node model (op, attributes, input dtypes, opset), so sharing is exact.
+    bias); building the evaluator dominates its cost. The key holds everything the
+    one-node model is made of (op, attributes, which inputs are given and their dtypes,
+    output count, opset), so sharing is exact; the model is built only on a miss.
     """
-    key = proto.SerializeToString(deterministic=True)
+    attrs = tuple(
+        (a.name, ir.serde.serialize_attribute(a).SerializeToString(deterministic=True))
+        for a in node.attributes.values()
+    )
+    dtypes = tuple(feeds[n].dtype.name if n else "" for n in names)
+    key = (node.op_type, attrs, dtypes, len(node.outputs), opsets.get("", 21))
     found = _EVALUATORS.get(key)
     if found is None:
         if len(_EVALUATORS) >= _MAX_CACHED:
             _EVALUATORS.clear()
+        proto = _single_node_model(node, names, feeds, opsets)
         found = _EVALUATORS[key] = ReferenceEvaluator(proto)
     return found
 
