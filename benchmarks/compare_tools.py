@@ -38,6 +38,7 @@ DEFAULT_MODELS = (
 QUICK_MODELS = ("resnet_basic", "mobilenet_v2", "levit", "unet")
 EXPORTERS = ("dynamo", "legacy")
 LEVELS = ("disable", "all")
+CONTROL = "bnfold-again"  # A/A control: bnfold's output in a second session, same rounds
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Row:
     latency_ms: dict[str, float] = field(default_factory=dict)
     speedup: dict[str, float] = field(default_factory=dict)  # vs the original, pairwise
     vs_best: dict[str, tuple[str, float]] = field(default_factory=dict)  # bnfold row only
+    control: dict[str, float] = field(default_factory=dict)  # bnfold row: A/A ratio per level
 
     @property
     def ok(self) -> bool:
@@ -187,12 +189,16 @@ def _measure(rows: list[Row], src: Path, args: argparse.Namespace) -> None:
             runnable[row.tool] = str(_out_path(src, row.tool))
     if args.no_latency:
         return
+    if "bnfold" in runnable:
+        runnable[CONTROL] = runnable["bnfold"]
     result = latency(runnable, LEVELS, args.threads, args.target_s)
     by_tool = {r.tool: r for r in rows}
     for level in result.levels:
         samples = {run.label: run.samples_ms for run in level.runs}
         for run in level.runs:
-            row = by_tool[run.label]
+            row = by_tool.get(run.label)
+            if row is None:
+                continue  # the control
             row.latency_ms[level.level] = run.latency.median_ms
             row.speedup[level.level] = run.speedup.median if run.speedup else 1.0
         _compare_with_best(by_tool, samples, level.level)
@@ -217,6 +223,8 @@ def _compare_with_best(
     best = min(others, key=lambda r: r.latency_ms[level])
     ratio = Speedup.from_pairs(samples[best.tool], samples["bnfold"]).median
     bnfold.vs_best[level] = (best.tool, ratio)
+    if CONTROL in samples:  # the same file against itself: what noise alone does
+        bnfold.control[level] = Speedup.from_pairs(samples[CONTROL], samples["bnfold"]).median
 
 
 def _out_path(src: Path, tool: str) -> Path:
@@ -237,7 +245,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="4 models, 1 repeat, 0.3 s/level")
     parser.add_argument("--repeat", type=int, default=3, help="fold runs per tool [3]")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads [1]")
-    parser.add_argument("--target-s", type=float, default=1.0, help="latency time per level [1]")
+    parser.add_argument("--target-s", type=float, default=2.0, help="latency time per level [2]")
     parser.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     parser.add_argument("--tool-timeout", type=float, default=300.0, help="seconds per tool run")
     parser.add_argument("--workdir", help="keep exported models here (reused when present)")

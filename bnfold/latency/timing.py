@@ -1,15 +1,18 @@
 """Warm-up, interleaved timed runs, and the statistics reported from them.
 
-Models are run round-robin (A B, B A, A B … or A B C, B C A, C A B …) so that drift of
-a shared machine — frequency scaling, a neighbour's job — hits every model alike, and the
-speed-up is taken pair by pair within a round. Each round starts one model later than
-the previous one, so no model always runs first (or right after another's cache churn).
+Models are run in rounds, each model once per round, so that drift of a shared machine —
+frequency scaling, a neighbour's job — hits every model alike, and the speed-up is taken
+pair by pair within a round. Two models alternate their order (A B, B A, …). Three or more
+run in a fresh seeded random order each round: a fixed rotation (A B C, B C A, C A B) would
+always run B right after A, and a model that follows a larger one starts on caches that
+model flushed — a bias of a few percent on sub-millisecond models.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,13 +31,13 @@ def run_interleaved(
     """Run ``warmup`` then ``iters`` rounds of every runner in turn; return times in ms.
 
     Result ``[i][k]`` is runner i's time in round k. ``on_round`` is called after each
-    round, warm-up included (for a progress bar).
+    round, warm-up included (for a progress bar). The order within rounds is
+    deterministic (see :func:`round_order`).
     """
     samples: list[list[float]] = [[] for _ in runners]
-    n = len(runners)
+    shuffle = random.Random(0)
     for round_index in range(warmup + iters):
-        for step in range(n):
-            i = (round_index + step) % n
+        for i in round_order(len(runners), round_index, shuffle):
             run = runners[i]
             start = time.perf_counter()
             run()
@@ -44,6 +47,15 @@ def run_interleaved(
         if on_round is not None:
             on_round()
     return samples
+
+
+def round_order(n: int, round_index: int, shuffle: random.Random) -> list[int]:
+    """Runner order of one round: alternating for two, shuffled for three or more."""
+    if n <= 2:
+        return [(round_index + step) % n for step in range(n)]
+    order = list(range(n))
+    shuffle.shuffle(order)
+    return order
 
 
 def quantile(values: Sequence[float], q: float) -> float:
