@@ -66,6 +66,12 @@ def _ort_basic(src: str, dst: str) -> None:
     ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
 
 
+def _onnx_ir_round_trip(src: str, dst: str) -> None:
+    import onnx_ir
+
+    onnx_ir.save(onnx_ir.load(src), dst)
+
+
 def _onnxscript(src: str, dst: str) -> None:
     import onnx_ir
     import onnxscript.optimizer
@@ -105,9 +111,22 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 
+# Timed next to the tools but not a tool: what any onnx-ir based tool pays before any pass.
+FLOOR = Adapter(
+    "onnx-ir load+save",
+    ("onnx_ir",),
+    _onnx_ir_round_trip,
+    "onnx_ir.load + onnx_ir.save, no pass: the floor of any onnx-ir based tool",
+)
+
+
+def _adapter(tool: str) -> Adapter:
+    return FLOOR if tool == FLOOR.name else ADAPTERS[tool]
+
+
 def prepare(tool: str) -> str | None:
     """Import the tool's modules; return None when ready, else the status to report."""
-    for module in ADAPTERS[tool].modules:
+    for module in _adapter(tool).modules:
         try:
             importlib.import_module(module)
         except ImportError as err:
@@ -125,7 +144,7 @@ def run_job(tool: str, src: str, dst: str) -> dict[str, Any]:
         return {"status": status}
     start = time.perf_counter()
     try:
-        ADAPTERS[tool].run(src, dst)
+        _adapter(tool).run(src, dst)
     except Exception as err:  # any tool failure is a result, not a crash of the benchmark
         return {"status": f"error: {_one_line(err)}"}
     return {"status": "ok", "seconds": time.perf_counter() - start}

@@ -60,6 +60,7 @@ class Row:
     speedup: dict[str, float] = field(default_factory=dict)  # vs the original, pairwise
     vs_best: dict[str, tuple[str, float]] = field(default_factory=dict)  # bnfold row only
     control: dict[str, float] = field(default_factory=dict)  # bnfold row: A/A ratio per level
+    floor_s: float | None = None  # original row: bare onnx-ir load + save of the file
 
     @property
     def ok(self) -> bool:
@@ -145,6 +146,7 @@ def _run_tools(
     workers: Any, tools: list[str], model: str, exporter: str, src: Path, repeat: int
 ) -> list[Row]:
     """Every tool ``repeat`` times, tools interleaved within each repeat; median time."""
+    from adapters import FLOOR
     from measure import op_counts
 
     counts = op_counts(str(src))
@@ -152,16 +154,21 @@ def _run_tools(
     original = Row(model, exporter, "original", bn_in=bn_in, bn_out=bn_in)
     original.nodes = sum(counts.values())
     rows = {t: Row(model, exporter, t, bn_in=bn_in) for t in tools}
-    times: dict[str, list[float]] = {t: [] for t in tools}
+    rows[FLOOR.name] = Row(model, exporter, FLOOR.name)
+    times: dict[str, list[float]] = {t: [] for t in rows}
     for _ in range(repeat):
-        for tool in tools:
+        for tool in rows:
             if not rows[tool].ok:
                 continue
-            result = workers.run(tool, str(src), str(_out_path(src, tool)))
+            dst = _out_path(src, "floor" if tool == FLOOR.name else tool)
+            result = workers.run(tool, str(src), str(dst))
             if result["status"] != "ok":
                 rows[tool].status = result["status"]
             else:
                 times[tool].append(result["seconds"])
+    floor = rows.pop(FLOOR.name)
+    if floor.ok:
+        original.floor_s = statistics.median(times[FLOOR.name])
     for tool, row in rows.items():
         if row.ok:
             row.fold_s = statistics.median(times[tool])

@@ -73,7 +73,7 @@ def bench_models(
     seed: int = 0,
     target_s: float = TARGET_S,
 ) -> BenchResult:
-    """Time any number of ``(label, model)`` pairs round-robin; the first is the baseline.
+    """Time any number of ``(label, model)`` pairs in interleaved rounds; the first is the baseline.
 
     ``target_s`` is the time per level that ``iters=None`` aims for.
     """

@@ -60,3 +60,11 @@ def test_worker_survives_a_crash(conv_bn_path, tmp_path):
         assert crashed["status"].startswith("error: crashed")
         again = workers.run("ort-basic", conv_bn_path, str(tmp_path / "c.onnx"))
         assert again["status"] == "ok"
+
+
+def test_floor_is_a_bare_round_trip_that_folds_nothing(conv_bn_path, tmp_path):
+    out = tmp_path / "floor.onnx"
+    result = adapters.run_job(adapters.FLOOR.name, conv_bn_path, str(out))
+    assert result["status"] == "ok", result
+    assert op_counts(str(out)) == op_counts(conv_bn_path)
+    assert max_error(str(out), reference_outputs(conv_bn_path)).equivalent
