@@ -43,7 +43,12 @@ def _split_levels(ctx: click.Context, param: click.Parameter, value: tuple[str, 
     help="onnxruntime graph optimisation level; repeat or comma-separate. [default: disable,all]",
 )
 @click.option("--all-levels", is_flag=True, help="One table over all four levels.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads [default: ORT's].")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Intra-op threads [default: ORT's]. When models take turns (--vs) with more than one "
+    "thread, idle threads do not spin, so one model's pool cannot slow the next.",
+)
 @click.option(
     "--iters", type=click.IntRange(min=1), help="Timed rounds [default: about 2 s per level]."
 )

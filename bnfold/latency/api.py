@@ -75,7 +75,10 @@ def bench_models(
 ) -> BenchResult:
     """Time any number of ``(label, model)`` pairs in interleaved rounds; the first is the baseline.
 
-    ``target_s`` is the time per level that ``iters=None`` aims for.
+    ``target_s`` is the time per level that ``iters=None`` aims for. With two or more
+    models and a thread pool (``threads`` other than 1), pool threads do not spin: a
+    session whose idle threads busy-wait takes cores from the next one timed, which made
+    sub-millisecond ratios swing between 0.5× and 1.7× on two cores.
     """
     import onnxruntime as ort
 
@@ -83,7 +86,9 @@ def bench_models(
     providers_for(provider)  # fail fast, before loading anything
     sources = [resolve_model(m, label) for label, m in models]
     _unique_labels(sources)
-    plan = _Plan(provider, threads, iters, max(warmup, 1) if iters is None else warmup, target_s)
+    spinning = len(sources) == 1 or threads == 1
+    warm = max(warmup, 1) if iters is None else warmup
+    plan = _Plan(provider, threads, iters, warm, target_s, spinning)
     results: list[LevelResult] = []
     feeds: dict[str, Any] = {}
     with RoundProgress("benchmark", enabled=progress) as bar:
@@ -100,6 +105,7 @@ def bench_models(
         warmup=plan.warmup,
         ort_version=ort.__version__,
         inputs={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
+        spinning=spinning,
     )
 
 
@@ -112,6 +118,7 @@ class _Plan:
     iters: int | None
     warmup: int
     target_s: float
+    spinning: bool
 
 
 def _bench_level(
@@ -123,7 +130,13 @@ def _bench_level(
     bar: RoundProgress,
 ) -> tuple[LevelResult, dict[str, Any]]:
     sessions = [
-        create_session(s.ort_input, level, threads=plan.threads, provider=plan.provider)
+        create_session(
+            s.ort_input,
+            level,
+            threads=plan.threads,
+            provider=plan.provider,
+            spinning=plan.spinning,
+        )
         for s in sources
     ]
     feeds = make_feeds(sessions[0].session, shapes, seed)

@@ -58,6 +58,7 @@ class BenchResult:
     warmup: int
     ort_version: str
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spinning: bool = True  # pool threads busy-wait (onnxruntime's default)
 
     def speedup(self, level: str | None = None, label: str | None = None) -> float | None:
         """Median pairwise speed-up of ``label`` (default: second model) over the first."""
@@ -91,6 +92,7 @@ class BenchResult:
             "onnxruntime": self.ort_version,
             "provider": self.provider,
             "threads": self.threads,
+            "thread_spinning": self.spinning,
             "warmup": self.warmup,
             "inputs": self.inputs,
             "models": [m.to_dict() for m in self.models],
@@ -101,9 +103,10 @@ class BenchResult:
     def describe(self) -> str:
         """A plain-text report: model table, then latency per level and model."""
         threads = "default" if self.threads is None else str(self.threads)
+        spinning = "" if self.spinning else " (no spinning: models take turns)"
         head = (
-            f"onnxruntime {self.ort_version}, provider {self.provider}, threads {threads}, "
-            f"{self.warmup} warm-up rounds"
+            f"onnxruntime {self.ort_version}, provider {self.provider}, threads {threads}"
+            f"{spinning}, {self.warmup} warm-up rounds"
         )
         model_rows = [
             [m.label, _size(m.size_bytes), str(m.nodes), str(m.batchnorm), str(m.dropout)]

@@ -37,8 +37,12 @@ def check_level(level: str) -> str:
     return level
 
 
-def session_options(level: str, threads: int | None = None) -> Any:
-    """SessionOptions for one level; ``threads`` sets intra-op threads (None: ORT default)."""
+def session_options(level: str, threads: int | None = None, *, spinning: bool = True) -> Any:
+    """SessionOptions for one level; ``threads`` sets intra-op threads (None: ORT default).
+
+    ``spinning=False`` stops idle pool threads from busy-waiting for work: sessions timed
+    in turn must not keep cores busy while another session runs.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -47,6 +51,9 @@ def session_options(level: str, threads: int | None = None) -> Any:
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -75,7 +82,12 @@ class TimedSession:
 
 
 def create_session(
-    model: str | bytes, level: str, *, threads: int | None = None, provider: str = "cpu"
+    model: str | bytes,
+    level: str,
+    *,
+    threads: int | None = None,
+    provider: str = "cpu",
+    spinning: bool = True,
 ) -> TimedSession:
     """Create and time an InferenceSession from a path or serialised bytes.
 
@@ -85,7 +97,7 @@ def create_session(
     import onnxruntime as ort
 
     providers = providers_for(provider)
-    options = session_options(check_level(level), threads)
+    options = session_options(check_level(level), threads, spinning=spinning)
     if isinstance(model, str) and not os.path.isfile(model):
         raise ModelLoadError(f"model file not found: {model}")
     _warm_environment()

@@ -12,6 +12,7 @@ import pytest
 import bnfold
 from bnfold.errors import DependencyError, InputError, ModelLoadError
 from bnfold.latency import BenchResult, bench, bench_models
+from bnfold.latency import api as api_module
 from bnfold.latency.timing import Latency, Speedup
 
 
@@ -41,6 +42,31 @@ def test_comparison_gives_pairwise_speedup_per_level(conv_bn_path, conv_bn_proto
         assert result.speedup(lev.level) == cand.speedup.median
     assert set(result.speedups()) == {"disable", "all"}
     assert result.headline().startswith("candidate vs conv_bn.onnx: ")
+
+
+@pytest.mark.parametrize(
+    ("threads", "compared", "spinning"),
+    [(None, False, True), (None, True, False), (2, True, False), (1, True, True)],
+)
+def test_regression_interleaved_sessions_steal_cores_while_spinning(
+    conv_bn_path, monkeypatch, threads, compared, spinning
+):
+    """Two multi-threaded sessions timed in turn: the idle pool of one busy-waited on the
+    cores the other needed, and `bnfold bench --vs` ratios swung from 0.5× to 1.7×."""
+    seen: list[bool] = []
+    real = api_module.create_session
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["spinning"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api_module, "create_session", spy)
+    vs = conv_bn_path if compared else None
+    result = bench(conv_bn_path, vs=vs, levels=["all"], iters=2, warmup=0, threads=threads)
+    assert seen == [spinning] * (2 if compared else 1)
+    assert result.spinning is spinning
+    assert result.to_dict()["thread_spinning"] is spinning
+    assert ("no spinning" in result.describe()) is not spinning
 
 
 def test_public_entry_point_and_labels(conv_bn_path, conv_bn_proto):
@@ -85,6 +111,7 @@ def test_json_schema(conv_bn_path, conv_bn_proto):
         "onnxruntime",
         "provider",
         "threads",
+        "thread_spinning",
         "warmup",
         "inputs",
         "models",

@@ -9,6 +9,8 @@ from bnfold.cli import bench_cmd
 from bnfold.errors import DependencyError, InputError, ModelLoadError
 from bnfold.latency import sessions
 
+SPIN = "session.intra_op.allow_spinning"
+
 ORT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -26,6 +28,20 @@ def test_threads_set_intra_op():
     options = sessions.session_options("all", threads=3)
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 1
+
+
+def config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # onnxruntime raises for a key never set
+        return None
+
+
+def test_spinning_can_be_switched_off():
+    assert config_entry(sessions.session_options("all"), SPIN) is None  # onnxruntime's default
+    options = sessions.session_options("all", spinning=False)
+    assert config_entry(options, SPIN) == "0"
+    assert config_entry(options, "session.inter_op.allow_spinning") == "0"
 
 
 def test_unknown_level_and_provider_are_input_errors():
