@@ -1,6 +1,7 @@
 """Real paddle2onnx exports (tests/fixtures/paddle, made by make_paddle_models.py): every BN
 folds, Dropout goes, the output is equivalent, valid and keeps its interface — through the
-API and through the ``bnfold`` command."""
+API and through the ``bnfold`` command. ``constant_weights/`` holds paddle2onnx 1.x exports
+of the same models, in which every weight is a ``Constant`` node."""
 
 from __future__ import annotations
 
@@ -16,16 +17,27 @@ import bnfold
 from bnfold.cli.main import cli
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "paddle"
-MODELS = sorted(p.stem for p in FIXTURES.glob("*.onnx"))
+CONSTANT_WEIGHTS = FIXTURES / "constant_weights"
+MODELS = sorted(FIXTURES.glob("*.onnx")) + sorted(CONSTANT_WEIGHTS.glob("*.onnx"))
 
 
 def test_the_paddle_fixtures_are_there() -> None:
-    assert MODELS == ["conv3d", "decoder", "hybrid", "mobilev2", "resnet"]
+    names = [str(p.relative_to(FIXTURES).with_suffix("")) for p in MODELS]
+    assert names == [
+        *("conv3d", "decoder", "hybrid", "mobilev2", "resnet"),
+        *(f"constant_weights/{n}" for n in ("conv3d", "decoder", "hybrid", "mobilev2")),
+    ]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_paddle_export_folds_every_batchnorm(name: str) -> None:
-    path = FIXTURES / f"{name}.onnx"
+@pytest.mark.parametrize("path", sorted(CONSTANT_WEIGHTS.glob("*.onnx")), ids=lambda p: p.stem)
+def test_constant_weight_fixtures_hold_no_initializer(path: Path) -> None:
+    model = onnx.load(path)
+    assert len(model.graph.initializer) == 0
+    assert op_count(model, "Constant") > 0
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: str(p.relative_to(FIXTURES).with_suffix("")))
+def test_paddle_export_folds_every_batchnorm(path: Path) -> None:
     original = onnx.load(path)
     assert op_count(original, "BatchNormalization") > 0
     result = bnfold.fold(path)
@@ -39,10 +51,12 @@ def test_paddle_export_folds_every_batchnorm(name: str) -> None:
     assert_hygiene(original, folded)
 
 
-@pytest.mark.parametrize("name", ["decoder", "hybrid"])
-def test_paddle_export_through_the_cli(name: str, tmp_path: Path) -> None:
-    out = tmp_path / f"{name}.folded.onnx"
-    result = CliRunner().invoke(cli, [str(FIXTURES / f"{name}.onnx"), "-o", str(out), "--json"])
+@pytest.mark.parametrize(
+    "path", [FIXTURES / "decoder.onnx", CONSTANT_WEIGHTS / "decoder.onnx"], ids=["p2o-2", "p2o-1"]
+)
+def test_paddle_decoder_through_the_cli(path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "decoder.folded.onnx"
+    result = CliRunner().invoke(cli, [str(path), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     counts = payload["report"]["counts"]["batchnorm"]
