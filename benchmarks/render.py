@@ -113,8 +113,11 @@ def _targets(rows: list[Any], levels: Sequence[str]) -> list[str]:
             f"ort-basic {1e3 * statistics.median(o.fold_s for _, o in pairs):.0f} ms)."
         )
         floors = {(r.model, r.exporter): r.floor_s for r in rows if r.tool == "original"}
-        under = [(o.fold_s, floors.get((o.model, o.exporter))) for _, o in pairs]
-        under = [(ort, floor) for ort, floor in under if floor is not None]
+        under = [
+            (o.fold_s, floors[o.model, o.exporter])
+            for _, o in pairs
+            if floors.get((o.model, o.exporter)) is not None
+        ]
         if under:
             below = sum(1 for ort, floor in under if floor > ort)
             lines.append(
@@ -153,8 +156,7 @@ def _targets(rows: list[Any], levels: Sequence[str]) -> list[str]:
 def _fold_cell(row: Any) -> str:
     if row.fold_s is not None:
         return f"{1e3 * row.fold_s:.0f}"
-    floor = getattr(row, "floor_s", None)
-    return "" if floor is None else f"({1e3 * floor:.0f})"
+    return "" if row.floor_s is None else f"({1e3 * row.floor_s:.0f})"
 
 
 def _detail(rows: list[Any], levels: Sequence[str]) -> list[str]:

@@ -26,16 +26,13 @@ def constant_array(
     Initializers that are also graph inputs can be overridden at run time, so they
     count as constants only with ``allow_graph_inputs``.
     """
-    if value is None:
-        return None
-    if value.is_graph_input() and not allow_graph_inputs:
+    if value is None or not is_constant(value, allow_graph_inputs=allow_graph_inputs):
         return None
     if value.const_value is not None:
         return _as_numpy(value.const_value)
     producer = value.producer()
-    if producer is not None and is_onnx_op(producer, "Constant"):
-        return _constant_node_array(producer)
-    return None
+    assert producer is not None  # is_constant: a Constant node
+    return _constant_node_array(producer)
 
 
 def is_constant(value: ir.Value | None, *, allow_graph_inputs: bool = False) -> bool:

@@ -128,21 +128,10 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path, label: str = "mo
             )
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
-        need = offset + (int(length) if length else _expected_bytes(tensor))
+        need = offset + (int(length) if length else validate.tensor_bytes(tensor) or 0)
         have = target.stat().st_size
         if need > have:
             raise ExternalDataError(f"{what} is truncated (needs {need} bytes, file has {have})")
-
-
-def _expected_bytes(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except Exception:
-        return 0
-    return count * itemsize
 
 
 def _all_tensors(proto: onnx.ModelProto):  # type: ignore[no-untyped-def]

@@ -49,22 +49,28 @@ def check_tensor_sizes(proto: onnx.ModelProto, label: str) -> None:
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
             continue
-        try:
-            dtype = ir.DataType(tensor.data_type)
-        except ValueError:
-            continue  # the checker reports unknown types
-        if dtype == ir.DataType.STRING or dtype == ir.DataType.UNDEFINED:
-            continue
-        count = 1
-        for dim in tensor.dims:
-            count *= dim
-        need = (count * dtype.bitwidth + 7) // 8
+        need = tensor_bytes(tensor)
         have = len(tensor.raw_data)
-        if have != need:
+        if need is not None and have != need:
+            dtype = ir.DataType(tensor.data_type).name
             raise ModelLoadError(
                 f"{label}: tensor '{tensor.name}' holds {have} bytes but its shape "
-                f"{list(tensor.dims)} of {dtype.name} needs {need} (truncated or corrupt data)"
+                f"{list(tensor.dims)} of {dtype} needs {need} (truncated or corrupt data)"
             )
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of the tensor's data as ``raw_data``; None for strings and unknown types."""
+    try:
+        dtype = ir.DataType(tensor.data_type)
+    except ValueError:
+        return None  # the checker reports unknown types
+    if dtype == ir.DataType.STRING or dtype == ir.DataType.UNDEFINED:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return (count * dtype.bitwidth + 7) // 8
 
 
 def check_opsets(proto: onnx.ModelProto, label: str) -> None:

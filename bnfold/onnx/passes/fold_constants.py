@@ -142,12 +142,13 @@ def _evaluator(
         for a in node.attributes.values()
     )
     dtypes = tuple(feeds[n].dtype.name if n else "" for n in names)
-    key = (node.op_type, attrs, dtypes, len(node.outputs), opsets.get("", 21))
+    opset = opsets.get("", 21)
+    key = (node.op_type, attrs, dtypes, len(node.outputs), opset)
     found = _EVALUATORS.get(key)
     if found is None:
         if len(_EVALUATORS) >= _MAX_CACHED:
             _EVALUATORS.clear()
-        proto = _single_node_model(node, names, feeds, opsets)
+        proto = _single_node_model(node, names, feeds, opset)
         found = _EVALUATORS[key] = ReferenceEvaluator(proto)
     return found
 
@@ -183,7 +184,7 @@ def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
 
 
 def _single_node_model(
-    node: ir.Node, names: list[str], feeds: dict[str, np.ndarray], opsets: dict[str, int]
+    node: ir.Node, names: list[str], feeds: dict[str, np.ndarray], opset: int
 ) -> onnx.ModelProto:
     attrs = {a.name: ir.serde.serialize_attribute(a) for a in node.attributes.values()}
     proto_node = onnx.helper.make_node(
@@ -199,5 +200,5 @@ def _single_node_model(
     ]
     outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in proto_node.output]
     graph = onnx.helper.make_graph([proto_node], "eval", inputs, outputs)
-    opset = [onnx.helper.make_opsetid("", opsets.get("", 21))]
-    return onnx.helper.make_model(graph, opset_imports=opset)
+    imports = [onnx.helper.make_opsetid("", opset)]
+    return onnx.helper.make_model(graph, opset_imports=imports)
