@@ -10,12 +10,32 @@ import onnx_ir as ir
 logger = logging.getLogger(__name__)
 
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
+_QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
+QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
 def is_onnx_op(node: ir.Node, op_type: str | tuple[str, ...]) -> bool:
     """True when ``node`` is the default-domain operator ``op_type`` (or one of several)."""
     types = (op_type,) if isinstance(op_type, str) else op_type
     return node.op_type in types and node.domain in ("", "ai.onnx")
+
+
+def is_quantize_op(node: ir.Node) -> bool:
+    """QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear, standard or com.microsoft."""
+    return node.op_type in QUANTIZE_OPS and node.domain in _QUANTIZE_DOMAINS
+
+
+def is_quantized_dtype(dtype: ir.DataType | None) -> bool:
+    """Storage types of quantized tensors: integers and floats of 8 bits or fewer.
+
+    int8/uint8/int4/uint4/int2/uint2 and float8/float6/float4; not bool (masks).
+    """
+    if dtype is None or dtype in (ir.DataType.UNDEFINED, ir.DataType.STRING, ir.DataType.BOOL):
+        return False
+    try:
+        return (dtype.is_integer() or dtype.is_floating_point()) and dtype.bitwidth <= 8
+    except (TypeError, ValueError):
+        return False
 
 
 def constant_array(
@@ -57,6 +77,8 @@ def why_not_constant(value: ir.Value | None, what: str, *, allow_graph_inputs: b
             )
         return f"{what} '{value.name}' is a graph input"
     producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear" and is_quantize_op(producer):
+        return f"{what} '{value.name}' is quantized (DequantizeLinear); fold before quantizing"
     if producer is not None:
         return f"{what} '{value.name}' is computed at run time (by {producer.op_type})"
     return f"{what} '{value.name}' is not a constant"

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from bnfold import foldmath
 from bnfold.onnx import layout
-from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.constants import constant_array, is_onnx_op, is_quantize_op
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.layers import PRODUCER_OPS, Rewrite, matmul_bias_add, prepare_output_affine
 from bnfold.onnx.uses import content_uses
@@ -70,6 +70,9 @@ def plan_output_affine(
     if producer is None:
         kind = "an initializer" if value.is_initializer() else "a graph input"
         return f"'{value.name}' is {kind}; there is no layer to fold into"
+    if is_quantize_op(producer):
+        name = f"{producer.op_type} '{display_name(producer)}'"
+        return f"quantized between the layer and the BN ({name}); fold before quantizing"
     pair = None
     if not is_onnx_op(producer, (*PRODUCER_OPS, "Concat")) and not layout.is_layout_op(producer):
         pair = matmul_bias_add(ctx, value)
