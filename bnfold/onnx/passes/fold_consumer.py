@@ -2,8 +2,11 @@
 
 For a BN its producer cannot absorb (pre-activation networks, BN on the network input,
 BN after a pooling op): ``L(s·x + t) = L'(x)`` with the input-side fold math of
-``consumers.py``. The BN output must feed only that layer (possibly through layout ops)
-and must not be a graph output; a padded Conv is left with that reason.
+``consumer_layers.py``. Between the BN and the layer the walk in ``consumers.py`` passes
+layout ops and pooling ops the map commutes with (``BN → ReduceMean → Linear`` heads,
+``BN → GlobalAveragePool → Flatten → Gemm``; see ``pooling.py``). Every value on the way
+must feed only layers that can absorb the map and must not be a graph output; a padded
+Conv is left with that reason.
 """
 
 from __future__ import annotations
