@@ -36,6 +36,10 @@ class FoldFileOptions:
     allow_graph_input_params: bool = False
     seeds: int = 3
     provider: str = "cpu"
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    inputs: list[str] = dataclasses.field(default_factory=list)  # .npz files, one set each
+    # Batch mode: shapes and arrays apply to the models that have an input of that name.
+    only_matching_inputs: bool = False
 
 
 @dataclasses.dataclass
@@ -130,8 +134,14 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
             from bnfold.onnx.eval_mode import inference_reference
 
             reference = inference_reference(src)
+        shapes, inputs = _inputs_for(result.ir_model, options)
         outcome.verification = verify(
-            reference, tmp_model, seeds=options.seeds, provider=options.provider
+            reference,
+            tmp_model,
+            seeds=options.seeds,
+            provider=options.provider,
+            shapes=shapes,
+            inputs=inputs,
         )
         if not outcome.verification and not options.force:
             raise NotEquivalentError(
@@ -149,7 +159,36 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     if options.bench:
         from bnfold.latency.api import bench
 
-        outcome.bench = bench(src, vs=out, provider=options.provider, levels=("disable", "all"))
+        outcome.bench = bench(
+            src,
+            vs=out,
+            provider=options.provider,
+            levels=("disable", "all"),
+            shapes=_verified_shapes(outcome.verification) or _inputs_for(result.ir_model, options)[0],
+        )
+
+
+def _inputs_for(
+    model: Any, options: FoldFileOptions
+) -> tuple[dict[str, tuple[int, ...]] | None, list[dict[str, Any]] | None]:
+    """The user's shapes and input arrays, limited to this model's inputs in batch mode."""
+    from bnfold.equivalence.inputs import load_npz
+
+    sets = [load_npz(p) for p in options.inputs]
+    shapes = dict(options.shapes)
+    if options.only_matching_inputs:
+        names = {v.name for v in model.graph.inputs}
+        shapes = {k: v for k, v in shapes.items() if k in names}
+        sets = [{k: v for k, v in s.items() if k in names} for s in sets]
+        sets = [s for s in sets if s]
+    return shapes or None, sets or None
+
+
+def _verified_shapes(verification: Any) -> dict[str, tuple[int, ...]] | None:
+    """The input shapes verification ran (found by search or given), for --bench."""
+    if verification is None:
+        return None
+    return dict(verification.input_shapes) or None
 
 
 def _size(path: Path) -> int:

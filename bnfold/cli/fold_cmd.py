@@ -15,6 +15,8 @@ Examples:
   bnfold model.onnx -o small.onnx --json
   bnfold model.onnx --bench          also measure the latency gain
   bnfold zoo/ -j 4 -o folded/        every *.onnx in zoo/, 4 worker processes
+  bnfold rec.onnx --shape x:1x3x48x320      verify at a size the model accepts
+  bnfold rec.onnx --inputs batch.npz        verify on real data (arrays keyed by input name)
 
 \b
 Exit codes: 0 folded (and verified); 1 the folded model is not equivalent (nothing is
@@ -55,6 +57,23 @@ written unless --force); 2 bad input or usage (one-line message).
 @click.option("--in-place", is_flag=True, help="Overwrite the input model (atomically).")
 @click.option("--seeds", default=3, show_default=True, help="Random input sets for verification.")
 @click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME:DIMS",
+    help="Input shape for verification (and --bench), e.g. x:1x3x48x320; repeatable. "
+    "Default: batch 1, image dims 224, others 64; when the original model does not run at "
+    "those, sizes it accepts are searched.",
+)
+@click.option(
+    "--inputs",
+    "inputs",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Real input data for verification: an .npz keyed by input name (repeat for several "
+    "sets). Inputs it lacks are synthesised.",
+)
+@click.option(
     "--provider",
     type=click.Choice(["cpu", "cuda"]),
     default="cpu",
@@ -81,6 +100,8 @@ def fold(
     fold_overridable: bool,
     in_place: bool,
     seeds: int,
+    shapes: tuple[str, ...],
+    inputs: tuple[str, ...],
     provider: str,
     jobs: int | None,
 ) -> None:
@@ -91,6 +112,7 @@ def fold(
     is written; the input is never modified unless --in-place.
     """
     from bnfold.cli.batch import expand_models, run_batch
+    from bnfold.cli.common import parse_shape
     from bnfold.workflow import FoldFileOptions, fold_file
 
     paths = expand_models(models)
@@ -106,12 +128,17 @@ def fold(
         allow_graph_input_params=fold_overridable,
         seeds=seeds,
         provider=provider,
+        shapes=dict(parse_shape(s) for s in shapes),
+        inputs=list(inputs),
     )
+    if (shapes or inputs) and no_verify and not do_bench:
+        fail("--shape and --inputs choose verification inputs; they do nothing with --no-verify", 2)
     if len(paths) == 1 and not (output is not None and output.is_dir()):
         options.output = output
         outcome = fold_file(paths[0], options)
         _emit_single(outcome, as_json)
         raise SystemExit(outcome.exit_code)
+    options.only_matching_inputs = True  # each model takes the shapes/arrays it has inputs for
     outcomes = run_batch(paths, options, output, jobs, quiet=as_json)
     if as_json:
         print_json({"models": [o.to_dict() for o in outcomes]})

@@ -13,6 +13,7 @@ import numpy as np
 
 from bnfold.equivalence import compare as cmp
 from bnfold.equivalence import inputs as inp
+from bnfold.equivalence import shape_search
 from bnfold.equivalence.jitter import open_jittered
 from bnfold.equivalence.probes import Probe, common_probes, probe_labels, with_probes
 from bnfold.equivalence.result import OutputComparison, VerifyResult
@@ -86,21 +87,32 @@ def verify(
         sets = given or [{} for _ in seed_list]
         used_seeds = list(range(len(sets))) if given else seed_list
         bounds = inp.index_bounds(pair.ref_src.graph_proto(), [s.name for s in specs])
+        feeder = _Feeder(specs, shapes or {}, bounds)
+        first = _FirstRun(pair.ref, feeder, sets[0], used_seeds[0])
+        found = shape_search.search(
+            specs,
+            feeder.fixed(sets[0]),
+            first.try_shapes,
+            hints=shape_search.metadata_hints(
+                pair.ref_src.graph_proto(),
+                shape_search.free_dims(specs, feeder.fixed(sets[0])),
+            ),
+        )
         runs: dict[str, list[cmp.Metrics]] = {o.name: [] for o in pair.ref.outputs}
         floors = dict.fromkeys(runs, cmp.Floor())
         described: dict[str, str] = {}
+        first_shapes: dict[str, tuple[int, ...]] = {}
         defaulted: dict[str, int] = {}
         for seed, partial in zip(used_seeds, sets, strict=True):
             rng = np.random.default_rng(seed)
-            fixed = {k: tuple(v.shape) for k, v in partial.items()}
-            fixed.update({k: tuple(v) for k, v in (shapes or {}).items()})
-            resolved, defaulted = inp.resolve_shapes(specs, fixed)
-            described = described or _describe_inputs(specs, resolved, partial)
-            missing = [s for s in specs if s.name not in partial]
-            feeds = {**inp.synthesize(missing, resolved, rng, bounds), **partial}
-            feeds = {s.name: feeds[s.name] for s in specs}
-            ref_out = _run(pair.ref, feeds, defaulted)
+            resolved, defaulted = inp.resolve_shapes(specs, feeder.fixed(partial), found.sizes)
+            described = described or _describe_inputs(specs, resolved, partial, found)
+            first_shapes = first_shapes or dict(resolved)
+            feeds = feeder.feeds(partial, resolved, rng)
+            ref_out = first.reuse(feeds) or _run(pair.ref, feeds, defaulted)
             cand_out = _run(pair.cand, feeds, defaulted)
+            for name in _mismatched_probes(pair, ref_out, cand_out):
+                del runs[name], floors[name]
             for name, metrics in runs.items():
                 metrics.append(cmp.measure(ref_out[name], cand_out[name], tolerances[name], seed))
             for moved in _perturbed_outputs(noisy, pair.ref, feeds, ref_out, perturbations, rng):
@@ -126,9 +138,12 @@ def verify(
                     probe=o.name in pair.labels,
                 )
                 for o in pair.ref.outputs
+                if o.name in runs
             ],
             defaulted_dims=defaulted,
             warnings=warnings,
+            shape_search=found.to_dict() if found.searched else None,
+            input_shapes=first_shapes,
         )
     logger.info("%s", result.summary())
     return result
@@ -144,6 +159,7 @@ class _Pair:
     cand_label: str
     labels: Mapping[str, str]  # probe output name -> "<output> before <Op>"
     large: bool = False  # too big for whole-model copies: no probes, no weight jitter
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _open_pair(
@@ -170,8 +186,61 @@ def _open_pair(
     ref = ModelRunner(ref_src, provider)
     cand = ModelRunner(cand_src, provider)
     check_same_signature(ref.inputs, cand.inputs, "input")
-    check_same_signature(ref.outputs, cand.outputs, "output")
-    return _Pair(ref_src, ref, cand, cand_src.label, probe_labels(pairs), large)
+    labels = probe_labels(pairs)
+    real = [[o for o in runner.outputs if o.name not in labels] for runner in (ref, cand)]
+    check_same_signature(real[0], real[1], "output")
+    _drop_unmatched_probes(ref, cand, labels, warnings)
+    return _Pair(ref_src, ref, cand, cand_src.label, labels, large, warnings)
+
+
+def _drop_unmatched_probes(
+    ref: ModelRunner, cand: ModelRunner, labels: Mapping[str, str], warnings: list[str]
+) -> None:
+    """Probes are never a failure: one whose declared dtype or rank differs is dropped.
+
+    An untyped probe (no value_info for the probed value) reads as rank 0 in onnxruntime;
+    it is kept and checked on the arrays of the first run instead.
+    """
+    specs = {o.name: o for o in cand.outputs}
+    for r in [o for o in ref.outputs if o.name in labels]:
+        c = specs.get(r.name)
+        if c is None:
+            why = "missing in the candidate"
+        elif r.dtype != c.dtype:
+            why = f"{r.dtype} in the reference, {c.dtype} in the candidate"
+        else:
+            continue
+        _remove_probe(ref, cand, r.name)
+        warnings.append(f"probe {labels[r.name]!r} not compared ({why})")
+
+
+def _mismatched_probes(
+    pair: _Pair, ref_out: Mapping[str, np.ndarray], cand_out: Mapping[str, np.ndarray]
+) -> list[str]:
+    """Probes whose arrays differ in dtype or shape: removed from both runners, with a note."""
+    dropped = []
+    for name, label in pair.labels.items():
+        if name not in ref_out or name not in cand_out:
+            continue
+        r, c = ref_out[name], cand_out[name]
+        if r.dtype == c.dtype and r.shape == c.shape:
+            continue
+        _remove_probe(pair.ref, pair.cand, name)
+        pair.warnings.append(
+            f"probe {label!r} not compared (shape {_shape(r)} {r.dtype} in the reference, "
+            f"{_shape(c)} {c.dtype} in the candidate)"
+        )
+        dropped.append(name)
+    return dropped
+
+
+def _remove_probe(ref: ModelRunner, cand: ModelRunner, name: str) -> None:
+    for runner in (ref, cand):
+        runner.outputs = [o for o in runner.outputs if o.name != name]
+
+
+def _shape(arr: np.ndarray) -> str:
+    return "x".join(map(str, arr.shape)) or "scalar"
 
 
 @contextlib.contextmanager
@@ -297,10 +366,65 @@ def _describe_inputs(
     specs: Sequence[TensorSpec],
     resolved: Mapping[str, tuple[int, ...]],
     given: Mapping[str, np.ndarray],
+    found: shape_search.ShapeSearch,
 ) -> dict[str, str]:
     out = {}
     for s in specs:
         shape = "x".join(map(str, resolved[s.name])) or "scalar"
-        origin = "given" if s.name in given else "synthesised"
+        origin = "given" if s.name in given else found.note(s.name) or "synthesised"
         out[s.name] = f"{s.dtype} {shape} ({origin})"
     return out
+
+
+class _Feeder:
+    """Input sets: the user's arrays, completed by synthesised ones at resolved shapes."""
+
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        shapes: Mapping[str, Sequence[int]],
+        bounds: Mapping[str, int],
+    ) -> None:
+        self.specs = specs
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.bounds = bounds
+
+    def fixed(self, partial: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        """Shapes decided by the user: given arrays, then explicit shapes."""
+        return {**{k: tuple(v.shape) for k, v in partial.items()}, **self.shapes}
+
+    def feeds(
+        self,
+        partial: Mapping[str, np.ndarray],
+        resolved: Mapping[str, tuple[int, ...]],
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
+        missing = [s for s in self.specs if s.name not in partial]
+        feeds = {**inp.synthesize(missing, resolved, rng, self.bounds), **partial}
+        return {s.name: feeds[s.name] for s in self.specs}
+
+
+class _FirstRun:
+    """The reference run that probes input shapes, kept for the first input set's reuse."""
+
+    def __init__(
+        self, ref: ModelRunner, feeder: _Feeder, partial: Mapping[str, np.ndarray], seed: int
+    ) -> None:
+        self.ref, self.feeder, self.partial, self.seed = ref, feeder, partial, seed
+        self.last: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+
+    def try_shapes(self, resolved: Mapping[str, tuple[int, ...]]) -> None:
+        """Run the reference at these shapes; VerificationError when it fails."""
+        feeds = self.feeder.feeds(self.partial, resolved, np.random.default_rng(self.seed))
+        self.last = (feeds, self.ref.run(feeds))
+
+    def reuse(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The reference outputs for ``feeds`` if the probing run used exactly these."""
+        if self.last is None:
+            return None
+        probed, outputs = self.last
+        self.last = None  # one reuse only
+        same = probed.keys() == feeds.keys() and all(
+            probed[k].shape == v.shape and np.array_equal(probed[k], v) for k, v in feeds.items()
+        )
+        return outputs if same else None

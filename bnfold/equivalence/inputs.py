@@ -40,13 +40,18 @@ def default_dim(rank: int, axis: int) -> int:
 
 
 def resolve_shapes(
-    specs: Sequence[TensorSpec], fixed: Mapping[str, Sequence[int]]
+    specs: Sequence[TensorSpec],
+    fixed: Mapping[str, Sequence[int]],
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Concrete shapes for every input, and the symbolic dims that fell back to defaults.
 
     ``fixed`` holds shapes the user gave (or arrays they supplied); they must agree with
     the model's static dims, and their sizes bind symbolic dim names shared with other inputs.
+    ``sizes`` replaces the default of a free dim, keyed as in the returned ``defaulted``
+    (the symbolic name, or ``input[axis]`` for an unnamed dim); see ``shape_search``.
     """
+    sizes = sizes or {}
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(fixed) - set(by_name))
     if unknown:
@@ -76,13 +81,19 @@ def resolve_shapes(
             elif isinstance(d, str) and d in bound:
                 dims.append(bound[d])
             else:
-                size = default_dim(len(spec.shape), axis)
+                key = free_dim_key(spec.name, axis, d)
+                size = sizes.get(key, default_dim(len(spec.shape), axis))
                 if isinstance(d, str):
                     bound[d] = size
-                defaulted[f"{spec.name}[{axis}]" if d is None else d] = size
+                defaulted[key] = size
                 dims.append(size)
         shapes[spec.name] = tuple(dims)
     return shapes, defaulted
+
+
+def free_dim_key(input_name: str, axis: int, dim: str | None) -> str:
+    """How a symbolic dim is named in ``defaulted`` and ``sizes``: its symbol or ``x[2]``."""
+    return dim if isinstance(dim, str) else f"{input_name}[{axis}]"
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:

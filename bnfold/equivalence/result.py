@@ -112,6 +112,8 @@ class VerifyResult:
     outputs: list[OutputComparison]
     defaulted_dims: dict[str, int] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    shape_search: dict[str, Any] | None = None  # the attempts, when default shapes failed
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -149,7 +151,8 @@ class VerifyResult:
             lines.append(f"  input {name}: {text}")
         if self.defaulted_dims:
             dims = ", ".join(f"{k}={v}" for k, v in self.defaulted_dims.items())
-            lines.append(f"  symbolic dims set by default: {dims} (override with shapes)")
+            how = "found by search" if self.shape_search else "set by default"
+            lines.append(f"  symbolic dims {how}: {dims} (override with shapes)")
         header = (
             f"  {'output':<24} {'max_abs':>10} {'max_rel':>10} {'mean_abs':>10} {'cosine':>10} "
             f"{'floor':>10} {'tolerance':>10} {'threshold':>10}  verdict"
@@ -184,6 +187,8 @@ class VerifyResult:
             "floor_factor": self.floor_factor,
             "inputs": self.inputs,
             "defaulted_dims": self.defaulted_dims,
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "shape_search": self.shape_search,
             "outputs": [o.to_dict() for o in self.outputs],
             "warnings": self.warnings,
             "summary": self.summary(),

@@ -66,7 +66,7 @@ def spec_from_node_arg(arg: Any, role: str) -> TensorSpec:
 def _dim(d: Any) -> Dim:
     if isinstance(d, int) and d >= 0:
         return d
-    if isinstance(d, str) and d:
+    if isinstance(d, str) and d and d != "?":  # onnxruntime writes "?" for an unnamed dim
         return d
     return None
 
