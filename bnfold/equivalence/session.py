@@ -11,6 +11,7 @@ import numpy as np
 from bnfold.equivalence.signature import TensorSpec, spec_from_node_arg
 from bnfold.equivalence.source import ModelSource
 from bnfold.errors import ModelLoadError, VerificationError
+from bnfold.ort_quiet import quiet_run_options, quiet_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,9 @@ class ModelRunner:
     def __init__(self, source: ModelSource, provider: str) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        options = quiet_session_options()
         # ORT's own Conv+BN fusion (ENABLE_BASIC and up) would hide folding bugs.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
         providers = provider_list(provider)
         try:
             self.session = ort.InferenceSession(source.payload, options, providers=providers)
@@ -63,7 +63,7 @@ class ModelRunner:
         """Run once; every output comes back as a numpy array keyed by name."""
         names = [o.name for o in self.outputs]
         try:
-            values = self.session.run(names, dict(feeds))
+            values = self.session.run(names, dict(feeds), quiet_run_options())
         except Exception as err:
             raise VerificationError(
                 f"onnxruntime failed to run {self.label}: {_brief(err)}"

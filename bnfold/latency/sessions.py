@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bnfold.errors import DependencyError, InputError, ModelLoadError
+from bnfold.ort_quiet import quiet_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,8 @@ def session_options(level: str, threads: int | None = None, *, spinning: bool = 
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = quiet_session_options()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVEL_ENUM[level])
-    options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -130,6 +130,8 @@ def _warm_environment() -> None:
     )
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(
+            model.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"]
+        )
     except Exception as err:  # a warm-up only; never a reason to fail
         logger.debug("session warm-up failed: %s", err)
