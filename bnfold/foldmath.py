@@ -6,6 +6,9 @@ Producer folds scale a layer's *output* channels; consumer folds scale its *inpu
 channels. Both the ONNX and the PyTorch sides use these functions, so weight
 layouts follow the shared convention: Conv ``(C_out, C_in/g, k…)``, ConvTranspose
 ``(C_in, C_out/g, k…)``, Linear ``(out, in)``.
+
+Casting back (``cast_back``) refuses NaN/Inf and overflow (|w| > the dtype's max). Underflow
+is judged per output channel, by its effect and not by a count (``underflow_reason``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,18 @@ import numpy as np
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
 BF16_MAX = 3.3895313892515355e38
+# u = 2^-p (half an ulp at 1): the largest relative error of rounding to the dtype.
+_UNIT_ROUNDOFF = {
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+    "float8_e4m3fn": 2.0**-4,
+    "float8_e4m3fnuz": 2.0**-4,
+    "float8_e4m3b11fnuz": 2.0**-4,
+    "float8_e5m2": 2.0**-3,
+    "float8_e5m2fnuz": 2.0**-3,
+    "float4_e2m1fn": 2.0**-2,
+}
+CONV_TRANSPOSE_AXES = (0, 2)  # output channels of ``grouped_conv_transpose`` weights
 
 
 def check_bn_params(
@@ -75,11 +90,12 @@ def scale_output_channels_cast(
 ) -> tuple[np.ndarray | None, str | None]:
     """``cast_back(scale_output_channels(weight, scale, 0), dtype, weight)`` in cache-sized blocks.
 
-    Same float64 math and the same refusals (NaN/Inf, overflow, underflow), but the float64
-    intermediate never exists for the whole tensor: each block of output channels is
-    scaled into one reused float64 buffer, cast, and checked while it is still in cache.
-    The checks run on the cast block (finite sum ⇒ no NaN, Inf or overflow; no zeros ⇒
-    nothing underflowed); a block that fails them is judged again by ``cast_back``.
+    Same float64 math and the same refusals (NaN/Inf, overflow, underflow that matters), but
+    the float64 intermediate never exists for the whole tensor: each block of output
+    channels is scaled into one reused float64 buffer, cast, and checked while it is still
+    in cache. The checks run on the cast block (finite sum ⇒ no NaN, Inf or overflow; for
+    dtypes narrower than float32, no zeros ⇒ nothing underflowed); a block that fails them
+    is judged again by ``cast_back`` (the underflow rule is per channel, so per block).
     """
     w = np.asarray(weight)
     dtype = np.dtype(dtype)
@@ -93,7 +109,8 @@ def scale_output_channels_cast(
         return _cast_blocks(w, s, out, step)  # bfloat16 and friends: the general path
     buffer = np.empty((min(step, w.shape[0]), *w.shape[1:]), dtype=np.float64)
     s_rows = broadcast_along(s, w.ndim, 0)
-    sum_dtype = np.float32 if dtype.itemsize < 4 else dtype
+    narrow = dtype.itemsize < 4  # only there can underflow refuse a fold
+    sum_dtype = np.float32 if narrow else dtype
     for start in range(0, w.shape[0], step):
         stop = min(start + step, w.shape[0])
         block = buffer[: stop - start]
@@ -101,8 +118,8 @@ def scale_output_channels_cast(
         cast = out[start:stop]
         np.copyto(cast, block, casting="unsafe")
         finite = np.isfinite(np.add.reduce(cast, axis=None, dtype=sum_dtype))
-        if not finite or np.count_nonzero(cast) != cast.size:
-            checked, reason = cast_back(block, dtype, w[start:stop])
+        if not finite or (narrow and np.count_nonzero(cast) != cast.size):
+            checked, reason = cast_back(block, dtype, w[start:stop], first_channel=start)
             if reason is not None:
                 return None, reason
             cast[...] = checked
@@ -116,11 +133,20 @@ def _cast_blocks(
     for start in range(0, w.shape[0], step):
         rows = w[start : start + step]
         block = scale_output_channels(rows, s[start : start + step], axis=0)
-        cast, reason = cast_back(block, out.dtype, rows)
+        cast, reason = cast_back(block, out.dtype, rows, first_channel=start)
         if reason is not None:
             return None, reason
         out[start : start + step] = cast
     return out, None
+
+
+def grouped_conv_transpose(weight: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weights ``(C_in, C_out/g, k…)`` viewed as ``(g, C_in/g, C_out/g, k…)``.
+
+    Output channel ``gi·(C_out/g) + j`` is index ``(gi, j)`` on ``CONV_TRANSPOSE_AXES``.
+    """
+    w = np.asarray(weight)
+    return w.reshape((group, w.shape[0] // group, *w.shape[1:]))
 
 
 def scale_conv_transpose_output(weight: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
@@ -185,12 +211,21 @@ def fold_matrix_input_affine(
 
 
 def cast_back(
-    folded: np.ndarray, dtype: np.dtype | type, original: np.ndarray | None = None
+    folded: np.ndarray,
+    dtype: np.dtype | type,
+    original: np.ndarray | None = None,
+    axis: int | tuple[int, ...] = 0,
+    *,
+    first_channel: int = 0,
 ) -> tuple[np.ndarray | None, str | None]:
-    """Cast float64 results to the model dtype; refuse overflow, NaN or lost values.
+    """Cast float64 results to the model dtype; refuse overflow, NaN/Inf or harmful underflow.
 
-    Returns ``(array, None)`` on success or ``(None, reason)``. ``original`` (same
-    shape) enables the underflow check: a weight that was non-zero must not become 0.
+    Returns ``(array, None)`` on success or ``(None, reason)``. ``original`` (same shape)
+    marks ``folded`` as a layer's weights, whose output channels lie along ``axis`` (a
+    tuple when a channel spans several axes, e.g. ``CONV_TRANSPOSE_AXES``); their
+    underflow is judged by ``underflow_reason``. Without it (biases, shifts, constant
+    terms) nothing is judged for underflow. ``first_channel`` numbers the channels of a
+    block in reasons.
     """
     dtype = np.dtype(dtype)
     limit = _dtype_max(dtype)
@@ -201,13 +236,84 @@ def cast_back(
     out = folded.astype(dtype)
     if not np.all(np.isfinite(folded)):  # NaN passes the range test above
         return None, "folded weights would contain NaN or Inf"
-    if original is not None and original.shape == folded.shape and dtype.itemsize < 8:
-        # Lost values: non-zero in float64 but zero after the cast (a γ = 0 channel is an
-        # exact zero in float64 too, so it does not count).
-        lost = np.count_nonzero(folded) - np.count_nonzero(out)
-        if lost > 0:
-            return None, f"{lost} folded weight(s) underflow to zero in {dtype.name}"
+    if original is not None and original.shape == folded.shape:
+        reason = underflow_reason(folded, out, dtype, axis, first_channel=first_channel)
+        if reason is not None:
+            return None, reason
     return out, None
+
+
+def underflow_reason(
+    folded: np.ndarray,
+    cast: np.ndarray,
+    dtype: np.dtype | type | str,
+    axis: int | tuple[int, ...] = 0,
+    *,
+    first_channel: int = 0,
+) -> str | None:
+    """Why weights flushed to zero by the cast change some output channel too much, or None.
+
+    The rule (shared by the ONNX and PyTorch sides): float32 and wider never refuse —
+    a weight below float32's smallest subnormal changes the output by less than the
+    unfolded BN's own rounding. Narrower dtypes (float16, bfloat16, float8) refuse when,
+    for some output channel c (the slice at index c of ``axis``),
+
+        Σ |w64| over c's flushed weights  >  u · Σ |w64| over all of c's weights,
+
+    with ``w64`` the float64 folded weights, a weight *flushed* when it is non-zero in
+    float64 and zero after the cast, and u the dtype's unit roundoff (2⁻¹¹ for float16,
+    2⁻⁸ for bfloat16: half an ulp, relative). For any input x, channel c's output
+    Σ w·x moves by at most (flushed L1)·max|x| through the flush, while rounding the
+    channel's weights to the dtype already allows u·(channel L1)·max|x|: a flush within
+    that bound is below the rounding every folded channel gets anyway. A γ = 0 channel is
+    an exact zero in float64, not a flush. Arrays of rank < 2 (biases, shifts) are never
+    judged: added, not multiplied, a flushed one is below half the dtype's smallest
+    subnormal, which the layer's output in that dtype cannot resolve either.
+    """
+    u = unit_roundoff(dtype)
+    if u is None or folded.ndim < 2:
+        return None
+    cast = np.asarray(cast)
+    if np.count_nonzero(folded) == np.count_nonzero(cast):
+        return None  # nothing flushed (a cast never makes a zero non-zero)
+    rows = channel_rows(np.asarray(folded, dtype=np.float64), axis)
+    magnitude = np.abs(rows)
+    flushed = np.where(channel_rows(cast, axis) == 0, magnitude, 0.0).sum(axis=1)
+    total = magnitude.sum(axis=1)
+    bad = np.flatnonzero(flushed > u * total)
+    if bad.size == 0:
+        return None
+    c = int(bad[0])
+    which = f"output channel {first_channel + c}"
+    if bad.size > 1:
+        which += f" (and {bad.size - 1} more)"
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    share = 100.0 * flushed[c] / total[c]
+    return (
+        f"{which}: folded weights underflow to zero in {name} ({share:.3g}% of the channel's "
+        f"L1 norm; its rounding allows {100.0 * u:.3g}%)"
+    )
+
+
+def unit_roundoff(dtype: np.dtype | type | str) -> float | None:
+    """Half an ulp at 1 for dtypes narrower than float32; None for float32 and wider.
+
+    An unknown narrow dtype gets 0.0: then any flushed weight refuses the fold.
+    """
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name in _UNIT_ROUNDOFF:
+        return _UNIT_ROUNDOFF[name]
+    if isinstance(dtype, str):
+        return None if name in ("float32", "float64") else 0.0
+    return None if np.dtype(dtype).itemsize >= 4 else 0.0
+
+
+def channel_rows(arr: np.ndarray, axis: int | tuple[int, ...] = 0) -> np.ndarray:
+    """``arr`` as ``(channels, rest)``: row c holds every element of output channel c."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    moved = np.moveaxis(arr, axes, tuple(range(len(axes))))
+    channels = int(np.prod([arr.shape[a] for a in axes]))
+    return moved.reshape(channels, -1)
 
 
 def all_finite(arr: np.ndarray) -> bool:

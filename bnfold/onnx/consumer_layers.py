@@ -128,9 +128,9 @@ def _plan_gemm(
         c64 = np.float64(beta) * c.astype(np.float64) + c64
     if c64.ndim > 2:
         return f"{name} C of shape {tuple(c.shape)} does not broadcast"  # type: ignore[union-attr]
-    new_b = cast_like(b64, b, "B")
+    new_b = cast_like(b64, b, "B", 1 - in_axis)  # output features
     c_like = c if c is not None and c.shape == c64.shape else np.zeros(c64.shape, b.dtype)
-    new_c = cast_like(c64, c_like, "C")
+    new_c = cast_like(c64, c_like, "C", None)
     if isinstance(new_b, str) or isinstance(new_c, str):
         return new_b if isinstance(new_b, str) else new_c  # type: ignore[return-value]
     b_type = value_dtype(node.inputs[1])
@@ -162,7 +162,7 @@ def _plan_matmul(
     if b.ndim != 2 or b.shape[0] != s.shape[0]:
         return f"{name} right-hand side of shape {tuple(b.shape)} is not a ({s.shape[0]}, N) matrix"
     b64, extra = foldmath.fold_matrix_input_affine(b, None, s, t, 0)
-    new_b = cast_like(b64, b, "weight")
+    new_b = cast_like(b64, b, "weight", 1)  # (K, N): output features on axis 1
     if isinstance(new_b, str):
         return new_b
     b_type = value_dtype(node.inputs[1])
@@ -176,6 +176,7 @@ def _plan_matmul(
             c.astype(np.float64) + extra,
             np.zeros(np.broadcast_shapes(c.shape, extra.shape), c.dtype),
             "bias",
+            None,
         )
         if isinstance(merged, str):
             return merged
@@ -187,7 +188,7 @@ def _plan_matmul(
             add.replace_input_with(c_index, const)
 
         return Plan(apply_merged, [display_name(node)], ["MatMul", "Add"])
-    new_bias = cast_like(extra, np.zeros(extra.shape, b.dtype), "bias")
+    new_bias = cast_like(extra, np.zeros(extra.shape, b.dtype), "bias", None)
     if isinstance(new_bias, str):
         return new_bias
 

@@ -122,10 +122,17 @@ def conv_bias(ctx: FoldContext, layer: ir.Node, channels: int) -> np.ndarray | s
     return f"{layer.op_type} bias has {b.shape[0]} entries, expected {channels}"
 
 
-def cast_like(folded: np.ndarray, like: np.ndarray, what: str) -> np.ndarray | str:
-    """float64 results cast to ``like``'s dtype (range-checked), or the refusal reason."""
+def cast_like(
+    folded: np.ndarray, like: np.ndarray, what: str, axis: int | tuple[int, ...] | None = 0
+) -> np.ndarray | str:
+    """float64 results cast to ``like``'s dtype (range-checked), or the refusal reason.
+
+    ``axis``: the output-channel axis of weights (see ``foldmath.cast_back``'s underflow
+    rule); None for additive terms (biases, Gemm C), which are never judged for underflow.
+    """
+    judged = axis is not None and like.shape == folded.shape
     out, reason = foldmath.cast_back(
-        folded, like.dtype, like if like.shape == folded.shape else None
+        folded, like.dtype, like if judged else None, 0 if axis is None else axis
     )
     if reason is not None:
         return f"{what}: {reason}"
@@ -158,14 +165,20 @@ def _prepare_conv(
     if isinstance(b, str):
         return b
     if transpose:
-        new_w = cast_like(foldmath.scale_conv_transpose_output(w, s, group), w, "weight")
+        grouped = foldmath.grouped_conv_transpose(
+            foldmath.scale_conv_transpose_output(w, s, group), group
+        )
+        like = foldmath.grouped_conv_transpose(w, group)
+        new_w = cast_like(grouped, like, "weight", foldmath.CONV_TRANSPOSE_AXES)
+        if not isinstance(new_w, str):
+            new_w = new_w.reshape(w.shape)
     else:
         blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype)
         new_w = f"weight: {reason}" if reason is not None else blocked  # type: ignore[assignment]
     if isinstance(new_w, str):
         return new_w
     bias_like = b if b is not None else np.zeros(channels, dtype=w.dtype)
-    new_b = cast_like(foldmath.fold_output_bias(b, s, t), bias_like, "bias")
+    new_b = cast_like(foldmath.fold_output_bias(b, s, t), bias_like, "bias", None)
     if isinstance(new_b, str):
         return new_b
     w_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]
@@ -207,7 +220,7 @@ def _prepare_gemm(ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray
         c = got
         if c.ndim > 2 or (c.ndim >= 1 and c.shape[-1] not in (1, channels)):
             return f"Gemm C of shape {tuple(c.shape)} does not broadcast to {channels} outputs"
-    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=out_axis), b, "B")
+    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=out_axis), b, "B", out_axis)
     if isinstance(new_b, str):
         return new_b
     if c is None:
@@ -216,7 +229,7 @@ def _prepare_gemm(ctx: FoldContext, layer: ir.Node, s: np.ndarray, t: np.ndarray
     else:
         c64 = np.float64(beta) * c.astype(np.float64) * s + t
         c_like = c if c.shape == c64.shape else np.zeros(c64.shape, dtype=c.dtype)
-    new_c = cast_like(c64, c_like, "C")
+    new_c = cast_like(c64, c_like, "C", None)
     if isinstance(new_c, str):
         return new_c
     b_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]
@@ -268,7 +281,7 @@ def _prepare_matmul(
     channels = b.shape[1]
     if s.shape[0] != channels:
         return f"{s.shape[0]} channels do not match MatMul's {channels} outputs"
-    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=1), b, "weight")
+    new_b = cast_like(foldmath.scale_output_channels(b, s, axis=1), b, "weight", 1)
     if isinstance(new_b, str):
         return new_b
     c_index = None
@@ -282,7 +295,7 @@ def _prepare_matmul(
         if c.ndim >= 1 and c.shape[-1] not in (1, channels):
             return f"bias Add constant of shape {tuple(c.shape)} does not match {channels}"
         bias64 = np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,)) * s + t
-    new_t = cast_like(bias64, np.zeros(channels, dtype=b.dtype), "bias")
+    new_t = cast_like(bias64, np.zeros(channels, dtype=b.dtype), "bias", None)
     if isinstance(new_t, str):
         return new_t
     b_dtype = value_dtype(layer.inputs[1])  # type: ignore[arg-type]

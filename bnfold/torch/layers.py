@@ -1,7 +1,8 @@
 """New Conv/ConvTranspose/Linear modules with a BatchNorm folded in (the originals stay untouched).
 
 All arithmetic goes through :mod:`bnfold.foldmath` in float64; results are cast back to the
-layer's dtype, refusing overflow or underflow with a reason.
+layer's dtype, refusing overflow, NaN/Inf or an underflow that matters (``foldmath``'s
+per-output-channel rule, bfloat16 included) with a reason.
 """
 
 from __future__ import annotations
@@ -165,7 +166,14 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _rebuild(layer: nn.Module, weight: np.ndarray, bias: np.ndarray) -> nn.Module | str:
     dtype = layer.weight.dtype
-    new_w, why = _cast(weight, dtype, _np(layer.weight))
+    if isinstance(layer, CONV_T):  # output channels span (group, C_out/g): judge them so
+        groups = int(layer.groups)
+        grouped = foldmath.grouped_conv_transpose(weight, groups)
+        original = foldmath.grouped_conv_transpose(_np(layer.weight), groups)
+        new_w, why = _cast(grouped, dtype, original, foldmath.CONV_TRANSPOSE_AXES)
+        new_w = new_w.reshape(weight.shape) if not why else new_w
+    else:
+        new_w, why = _cast(weight, dtype, _np(layer.weight))
     if why:
         return why
     new_b, why = _cast(bias, dtype, None)
@@ -183,19 +191,26 @@ def _rebuild(layer: nn.Module, weight: np.ndarray, bias: np.ndarray) -> nn.Modul
 
 
 def _cast(
-    arr: np.ndarray, dtype: torch.dtype, original: np.ndarray | None
+    arr: np.ndarray,
+    dtype: torch.dtype,
+    original: np.ndarray | None,
+    axis: int | tuple[int, ...] = 0,
 ) -> tuple[torch.Tensor, str | None]:
+    """float64 → ``dtype`` with ``foldmath.cast_back``'s refusals (numpy has no bfloat16)."""
     if dtype == torch.bfloat16:
         if float(np.max(np.abs(arr), initial=0.0)) > foldmath.BF16_MAX or not np.all(
             np.isfinite(arr)
         ):
             return torch.empty(0), "folded weights exceed the bfloat16 range"
         out = torch.from_numpy(arr).to(torch.bfloat16)
-        if original is not None and bool(((out == 0) & torch.from_numpy(original != 0)).any()):
-            return torch.empty(0), "folded weight(s) underflow to zero in bfloat16"
+        if original is not None and original.shape == arr.shape:
+            cast = out.to(torch.float64).numpy()
+            why = foldmath.underflow_reason(arr, cast, "bfloat16", axis)
+            if why is not None:
+                return torch.empty(0), why
         return out, None
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    cast, why = foldmath.cast_back(arr, np_dtype, original)
+    cast, why = foldmath.cast_back(arr, np_dtype, original, axis)
     if cast is None:
         return torch.empty(0), why
     # clone: numpy memory is not 64-byte aligned like torch's allocator (oneDNN runs slower)

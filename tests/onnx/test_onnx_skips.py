@@ -12,6 +12,7 @@ from helpers import (
     assert_left,
     assert_unchanged,
     entry,
+    initializer_array,
     make_bn_params,
     op_types,
 )
@@ -270,9 +271,58 @@ def test_fp16_overflow_after_folding_is_left() -> None:
 
 
 def test_fp16_underflow_after_folding_is_left() -> None:
-    """w' ≈ 0.01·6e-5/255 ≈ 2e-9: below fp16's smallest subnormal, the weight would vanish."""
+    """w' ≈ 0.01·6e-5/255 ≈ 2e-9: below fp16's smallest subnormal, channel 1 would vanish.
+
+    All of channel 1's weights flush: far more than that channel's own fp16 rounding
+    (u = 2⁻¹¹ of its L1 norm), so the fold is refused, naming the channel.
+    """
     model = _fp16_conv_bn(gamma=6e-5, var=65000.0, w_scale=0.01)
-    fold_left(model, "underflow to zero in float16")
+    fold_left(model, "output channel 1", "underflow to zero in float16")
+
+
+def _conv_bn_with_tiny_weights(
+    dtype: type, gamma: float, tiny: float, seed: int
+) -> onnx.ModelProto:
+    """Conv→BN whose weights ``w[:, :, 0, 0]`` are ``tiny``; every |γ| is ``gamma``."""
+    b = GraphBuilder(seed=seed, dtype=dtype)
+    p = make_bn_params(4, b.rng, dtype)
+    p["scale"] = (np.sign(p["scale"]) * gamma).astype(dtype)
+    w = b.rng.uniform(0.5, 1.0, (4, 3, 3, 3))
+    w[:, :, 0, 0] = tiny
+    return conv_bn(b, params=p, weight=w.astype(dtype), bias=b.rng.normal(0, 1, 4).astype(dtype))
+
+
+def test_regression_float32_underflow_does_not_block_fold() -> None:
+    """1e-39 (a float32 subnormal) · s ≈ 1e-46 flushes to zero: never a reason in float32.
+
+    The flush changes the output by less than the unfolded BN's own rounding (PP-OCRv3's
+    text detector kept 4 BN that every other tool folds, output equivalent).
+    """
+    model = _conv_bn_with_tiny_weights(np.float32, gamma=1e-7, tiny=1e-39, seed=21)
+    w_s = initializer_array(model, "w").astype(np.float64)
+    assert np.all(w_s[:, :, 0, 0] != 0)
+    result = bnfold.fold(model)
+    assert result.report.counts()["batchnorm"]["folded"] == 1, result.report.describe()
+    folded = result.model
+    conv = next(n for n in folded.graph.node if n.op_type == "Conv")
+    new_w = initializer_array(folded, conv.input[1])
+    assert np.all(new_w[:, :, 0, 0] == 0) and np.all(new_w[:, :, 1:, :] != 0)  # flushed
+    assert_hygiene(model, folded)
+    assert_equivalent(model, folded, tol=1e-5)
+
+
+def test_regression_fp16_negligible_underflow_does_not_block_fold() -> None:
+    """1e-5 · s ≈ 1e-8 flushes in fp16, but 12 such weights are ~1e-8 of each channel's L1
+    of ~0.02: far below the channel's rounding (2⁻¹¹ of it), so the BN folds."""
+    model = _conv_bn_with_tiny_weights(np.float16, gamma=1e-3, tiny=1e-5, seed=22)
+    result = bnfold.fold(model)
+    assert result.report.counts()["batchnorm"]["folded"] == 1, result.report.describe()
+    folded = result.model
+    conv = next(n for n in folded.graph.node if n.op_type == "Conv")
+    new_w = initializer_array(folded, conv.input[1])
+    assert new_w.dtype == np.float16 and np.all(new_w[:, :, 0, 0] == 0)
+    assert_hygiene(model, folded)
+    assert_equivalent(model, folded, tol=1e-2)  # fp16 rounding on both sides
 
 
 def test_each_bn_judged_on_its_own() -> None:

@@ -100,3 +100,41 @@ def test_fp16_layout_and_concat_folds() -> None:
     np.testing.assert_allclose(
         got[0].astype(np.float32), ref[0].astype(np.float32), rtol=2e-2, atol=2e-2
     )
+
+
+# -- underflow: judged per output channel, by effect -----------------------------------------
+def test_underflow_rule_judges_each_output_channel_by_its_rounding() -> None:
+    """Row 1 loses one tiny weight (negligible); row 2 loses everything (refused)."""
+    w = np.full((3, 4), 0.5)
+    w[1, 0] = 1e-9  # flushes in fp16: 1e-9 ≪ 2⁻¹¹ · 1.5
+    w[2, :] = 1e-9
+    out, reason = foldmath.cast_back(w, np.float16, w)
+    assert out is None and reason is not None
+    assert reason.startswith("output channel 2:") and "float16" in reason and "(and" not in reason
+    assert foldmath.cast_back(w[:2], np.float16, w[:2])[1] is None
+    assert foldmath.cast_back(w.T.copy(), np.float16, w.T, axis=1)[1] == reason
+    assert foldmath.cast_back(w, np.float16)[1] is None  # biases/shifts: not judged
+    assert foldmath.cast_back(w * 1e-37, np.float32, w)[1] is None  # float32: never
+    bf16, why = foldmath.cast_back(w * 1e-32, ml_dtypes.bfloat16, w)  # 1e-41 flushes
+    assert bf16 is None and why is not None and why.startswith("output channel 2:")
+
+
+def test_underflow_rule_for_grouped_conv_transpose_names_the_output_channel() -> None:
+    """(C_in=4, C_out/g=3, k) with g=2: output channel gi·3 + j; channel 5 = (gi=1, j=2)."""
+    w = np.full((4, 3, 2), 0.5)
+    w[2:, 2, :] = 1e-9
+    grouped = foldmath.grouped_conv_transpose(w, 2)
+    _, reason = foldmath.cast_back(grouped, np.float16, grouped, foldmath.CONV_TRANSPOSE_AXES)
+    assert reason is not None and reason.startswith("output channel 5:")
+    w[:2, 2, :] = 1e-9  # channel 2 too
+    grouped = foldmath.grouped_conv_transpose(w, 2)
+    _, reason = foldmath.cast_back(grouped, np.float16, grouped, foldmath.CONV_TRANSPOSE_AXES)
+    assert reason is not None and reason.startswith("output channel 2 (and 1 more):")
+
+
+def test_blocked_cast_names_channels_of_later_blocks() -> None:
+    w = np.full((64, 8), 0.5, dtype=np.float16)
+    s = np.ones(64)
+    s[40] = 1e-9
+    got, reason = foldmath.scale_output_channels_cast(w, s, np.float16, block_bytes=64)
+    assert got is None and reason is not None and reason.startswith("output channel 40:")

@@ -143,6 +143,48 @@ def test_overflowing_fp16_fold_is_refused() -> None:
     assert "float16" in entry.reason
 
 
+def _bf16_conv_bn(gamma: float, tiny: float | None = None, channel: int | None = None) -> nn.Module:
+    """bf16 Conv→BN: |γ| = ``gamma`` (only on ``channel`` when given); w[:, :, 0, 0] = ``tiny``."""
+    model = _pair(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        conv, bn = model[0], model[1]
+        conv.weight.uniform_(0.5, 1.0)
+        if tiny is not None:
+            conv.weight[:, :, 0, 0] = tiny
+        rows = slice(None) if channel is None else slice(channel, channel + 1)
+        bn.weight[rows] = torch.sign(bn.weight[rows]) * gamma
+        if channel is not None:
+            bn.running_var[rows] = 1e4
+    return model.to(torch.bfloat16)
+
+
+def test_regression_bf16_negligible_underflow_does_not_block_fold() -> None:
+    """1e-38 · s ≈ 1e-42 flushes in bf16 (its subnormals stop near 9e-41), but those 12
+    weights are nothing next to each channel's L1 norm: the shared foldmath rule folds."""
+    import bnfold
+
+    model = _bf16_conv_bn(gamma=1e-4, tiny=1e-38)
+    x = torch.randn(1, 3, 6, 6).to(torch.bfloat16)
+    result = bnfold.fold(model)
+    assert statuses(result) == {"1": "folded"}, result.report.describe()
+    conv = result.model.get_submodule("0")
+    assert conv.weight.dtype == torch.bfloat16
+    assert bool((conv.weight[:, :, 0, 0] == 0).all())  # flushed, and harmless
+    with torch.no_grad():
+        ref, got = model(x).double(), result.model(x).double()
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_regression_bf16_channel_that_vanishes_is_refused() -> None:
+    """Channel 1: s ≈ 1e-40/100 makes all its weights flush to zero in bf16: refused."""
+    import bnfold
+
+    result = bnfold.fold(_bf16_conv_bn(gamma=1e-40, channel=1))
+    entry = result.report.batchnorms[0]
+    assert entry.status == "left"
+    assert "output channel 1" in entry.reason and "underflow to zero in bfloat16" in entry.reason
+
+
 class _StdConv2d(nn.Conv2d):
     """Weight-standardised conv (BiT/NFNet): rescaling its weight does not rescale its output."""
 
