@@ -164,7 +164,8 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
             vs=out,
             provider=options.provider,
             levels=("disable", "all"),
-            shapes=_verified_shapes(outcome.verification) or _inputs_for(result.ir_model, options)[0],
+            shapes=_verified_shapes(outcome.verification)
+            or _inputs_for(result.ir_model, options)[0],
         )
 
 
