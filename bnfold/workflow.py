@@ -109,7 +109,7 @@ def fold_file(
 def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     from bnfold.errors import OutputError
     from bnfold.onnx.api import fold_onnx
-    from bnfold.onnx.io import check_output_path, same_file
+    from bnfold.onnx.io.files import check_output_path, same_file
 
     out = src if options.in_place else (options.output or default_output(src))
     if not options.in_place and same_file(src, out):

@@ -35,7 +35,7 @@ def guarded(func: F) -> F:
         except MemoryError:
             fail("out of memory", EXIT_BAD_INPUT)
         except OSError as err:  # e.g. disk full while writing outside the atomic save
-            from bnfold.onnx.outputs import os_reason
+            from bnfold.onnx.io.outputs import os_reason
 
             where = f"{err.filename}: " if err.filename else ""
             fail(f"{where}{os_reason(err)}", EXIT_BAD_INPUT)

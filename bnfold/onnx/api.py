@@ -13,8 +13,8 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, ModelLoadError, OutputError
-from bnfold.onnx import io
 from bnfold.onnx.context import FoldOptions
+from bnfold.onnx.io import files as io
 from bnfold.onnx.pipeline import SHAPES_INFERRED, run_pipeline
 from bnfold.report import FoldReport
 

@@ -1,4 +1,4 @@
-"""The memory-mapped read (``onnx/mapped.py``) and the direct weight write (``stream_save``).
+"""The memory-mapped read (``onnx/io/mapped.py``) and the direct weight write (``stream_save``).
 
 Both are fast paths that must be invisible: the model read is the model ``onnx.load``
 reads, the file written parses to the message onnx-ir would serialise, and every file the
@@ -19,7 +19,8 @@ from onnx import helper, numpy_helper
 
 import bnfold
 from bnfold.errors import ModelLoadError
-from bnfold.onnx import io, mapped, stream_save, wire
+from bnfold.onnx.io import files as io
+from bnfold.onnx.io import mapped, stream_save, wire
 
 BIG = (64, 64, 3, 3)  # 147 KiB of float32: above the mapping threshold
 

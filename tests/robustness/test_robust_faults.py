@@ -26,7 +26,7 @@ from test_robust_bad_inputs import assert_one_line_error, snapshot
 import bnfold
 from bnfold.cli.main import cli
 from bnfold.errors import OutputError, VerificationError
-from bnfold.onnx import io
+from bnfold.onnx.io import files as io
 
 REAL_SAVE = ir.save
 REAL_REPLACE = os.replace

@@ -12,7 +12,7 @@ from robust_corpus import bn_arrays, good_model, save
 
 import bnfold
 from bnfold.errors import ModelLoadError
-from bnfold.onnx import validate
+from bnfold.onnx.io import validate
 
 
 def fold_path(model: onnx.ModelProto, tmp_path: Path, name: str = "m.onnx"):

@@ -24,7 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import ModelLoadError
-from bnfold.onnx import lite, wire
+from bnfold.onnx.io import lite, wire
 
 logger = logging.getLogger(__name__)
 

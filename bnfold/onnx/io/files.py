@@ -21,7 +21,7 @@ from bnfold.errors import (
     OutputError,
     VerificationError,
 )
-from bnfold.onnx import lite, mapped, outputs, sniff, stream_save, validate
+from bnfold.onnx.io import lite, mapped, outputs, sniff, stream_save, validate
 
 logger = logging.getLogger(__name__)
 

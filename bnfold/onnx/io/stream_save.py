@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from bnfold.onnx import wire
-from bnfold.onnx.mapped import MAPPED_TYPES
+from bnfold.onnx.io import wire
+from bnfold.onnx.io.mapped import MAPPED_TYPES
 
 logger = logging.getLogger(__name__)
 
