@@ -1,0 +1,133 @@
+"""The judge phase of a comparison: outputs of a run → a :class:`VerifyResult`.
+
+Per output and input set: metrics against a fixed tolerance; per output: the reference's
+noise floor pooled over every set's perturbed runs; then the pass/fail rule of
+:mod:`bnfold.equivalence.compare`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from bnfold.equivalence import compare as cmp
+from bnfold.equivalence.result import OutputComparison, VerifyResult
+from bnfold.equivalence.run import InputSetRun, PairRun
+from bnfold.equivalence.signature import TensorSpec
+from bnfold.errors import InputError
+
+ToleranceSpec = tuple[float | None, float | None] | Mapping[str, float]
+
+
+class Judge:
+    """Measures input sets as they come (a :class:`~bnfold.equivalence.run.RunSink`)."""
+
+    def __init__(
+        self,
+        *,
+        rtol: float | None = None,
+        atol: float | None = None,
+        output_tolerances: Mapping[str, ToleranceSpec] | None = None,
+        floor_factor: float | None = None,
+    ) -> None:
+        self.factor = cmp.DEFAULT_FLOOR_FACTOR if floor_factor is None else float(floor_factor)
+        if not self.factor >= 0:
+            raise InputError("floor_factor must be non-negative")
+        self.rtol, self.atol, self.per_output = rtol, atol, output_tolerances
+        self.tolerances: dict[str, cmp.Tolerance] = {}
+        self.runs: dict[str, list[cmp.Metrics]] = {}
+        self.floors: dict[str, cmp.Floor] = {}
+
+    def start(self, outputs: Sequence[TensorSpec]) -> None:
+        """Fix each output's tolerance; unknown names in ``output_tolerances`` are refused."""
+        self.tolerances = tolerances(outputs, self.rtol, self.atol, self.per_output)
+        self.runs = {o.name: [] for o in outputs}
+        self.floors = dict.fromkeys(self.runs, cmp.Floor())
+
+    def add(self, run: InputSetRun) -> None:
+        """Measure one input set; an output missing from it (a dropped probe) is forgotten."""
+        for name in [n for n in self.runs if n not in run.reference or n not in run.candidate]:
+            del self.runs[name], self.floors[name]
+        for name, metrics in self.runs.items():
+            ref, cand = run.reference[name], run.candidate[name]
+            metrics.append(cmp.measure(ref, cand, self.tolerances[name], run.seed))
+        for moved in run.perturbed:
+            for name, floor in self.floors.items():
+                contribution = cmp.floor_contribution(run.reference[name], moved[name])
+                self.floors[name] = floor.merge(contribution)
+
+    def result(self, run: PairRun) -> VerifyResult:
+        """Judge every output against its tolerance and floor."""
+        for name, metrics in self.runs.items():
+            cmp.judge(metrics, self.floors[name], self.factor)
+        found = run.shape_search
+        return VerifyResult(
+            reference=run.reference,
+            candidate=run.candidate,
+            provider=run.provider,
+            seeds=run.seeds,
+            floor_factor=self.factor,
+            inputs=run.inputs,
+            outputs=[
+                OutputComparison(
+                    o.name,
+                    str(o.dtype),
+                    self.tolerances[o.name].rtol,
+                    self.tolerances[o.name].atol,
+                    self.runs[o.name],
+                    label=run.probe_labels.get(o.name, o.name),
+                    probe=o.name in run.probe_labels,
+                )
+                for o in run.outputs
+                if o.name in self.runs
+            ],
+            defaulted_dims=run.defaulted_dims,
+            warnings=run.warnings,
+            shape_search=found.to_dict() if found.searched else None,
+            input_shapes=run.input_shapes,
+        )
+
+
+def judge(
+    run: PairRun,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_tolerances: Mapping[str, ToleranceSpec] | None = None,
+    floor_factor: float | None = None,
+) -> VerifyResult:
+    """Turn the kept outputs of ``run_pair`` into a :class:`VerifyResult`."""
+    sink = Judge(
+        rtol=rtol, atol=atol, output_tolerances=output_tolerances, floor_factor=floor_factor
+    )
+    sink.start(run.outputs)
+    for one in run.sets:
+        sink.add(one)
+    return sink.result(run)
+
+
+def tolerances(
+    outputs: Sequence[TensorSpec],
+    rtol: float | None,
+    atol: float | None,
+    per_output: Mapping[str, ToleranceSpec] | None,
+) -> dict[str, cmp.Tolerance]:
+    """Each output's fixed tolerance: per-dtype defaults, then global, then per-output values."""
+    names = {o.name for o in outputs}
+    unknown = sorted(set(per_output or {}) - names)
+    if unknown:
+        raise InputError(f"tolerance for unknown output(s) {unknown}; outputs are {sorted(names)}")
+    result = {}
+    for o in outputs:
+        base = cmp.default_tolerance(o.dtype)
+        r = base.rtol if rtol is None else rtol
+        a = base.atol if atol is None else atol
+        spec = (per_output or {}).get(o.name)
+        if isinstance(spec, Mapping):
+            r, a = spec.get("rtol", r), spec.get("atol", a)
+        elif spec is not None:
+            r = r if spec[0] is None else spec[0]
+            a = a if spec[1] is None else spec[1]
+        if not (r >= 0 and a >= 0):
+            raise InputError(f"tolerances must be non-negative (output {o.name!r})")
+        result[o.name] = cmp.Tolerance(float(r), float(a))
+    return result
