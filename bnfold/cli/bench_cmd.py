@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from bnfold.cli.common import guarded, parse_shape, print_json
-
-logger = logging.getLogger(__name__)
 
 # Kept in step with bnfold.latency.sessions (a test checks); not imported, to keep start-up light.
 LEVEL_NAMES = ("disable", "basic", "extended", "all")

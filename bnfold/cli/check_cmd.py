@@ -26,8 +26,8 @@ def check(models: tuple[Path, ...], as_json: bool, assume_eval: bool) -> None:
 
     Nothing is written; the models are only analysed.
     """
+    from bnfold.batch import expand_models
     from bnfold.check import check_model
-    from bnfold.cli.batch import expand_models
 
     results = [check_model(p, assume_eval=assume_eval) for p in expand_models(models)]
     if as_json:

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: error translation, JSON output, stderr console."""
+"""Shared CLI plumbing: error translation, shape parsing, JSON output."""
 
 from __future__ import annotations
 
@@ -87,9 +87,3 @@ def _json_default(obj: Any) -> Any:
         return obj.to_dict()
     return str(obj)
 
-
-def stderr_console() -> Any:
-    """A rich Console on stderr (progress and tables that must not pollute --json)."""
-    from rich.console import Console
-
-    return Console(stderr=True)

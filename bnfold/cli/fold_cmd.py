@@ -111,8 +111,9 @@ def fold(
     (graph optimisations disabled on both sides, several random input sets) before it
     is written; the input is never modified unless --in-place.
     """
-    from bnfold.cli.batch import expand_models, run_batch
+    from bnfold.batch import expand_models, fold_many
     from bnfold.cli.common import parse_shape
+    from bnfold.cli.render import batch_progress, render_summary
     from bnfold.workflow import FoldFileOptions, fold_file
 
     paths = expand_models(models)
@@ -138,10 +139,12 @@ def fold(
         outcome = fold_file(paths[0], options)
         _emit_single(outcome, as_json)
         raise SystemExit(outcome.exit_code)
-    options.only_matching_inputs = True  # each model takes the shapes/arrays it has inputs for
-    outcomes = run_batch(paths, options, output, jobs, quiet=as_json)
+    with batch_progress(len(paths), enabled=not as_json) as advance:
+        outcomes = fold_many(paths, options, output_dir=output, jobs=jobs, progress=advance)
     if as_json:
         print_json({"models": [o.to_dict() for o in outcomes]})
+    else:
+        render_summary(outcomes)
     raise SystemExit(max((o.exit_code for o in outcomes), default=0))
 
 

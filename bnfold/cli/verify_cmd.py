@@ -5,13 +5,9 @@ Only click and the standard library are imported here; the library loads in the 
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from bnfold.cli.common import guarded, parse_shape, print_json
-
-logger = logging.getLogger(__name__)
 
 
 @click.command("verify")

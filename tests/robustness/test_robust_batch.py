@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from robust_corpus import CORPUS, good_model, save, save_external
 
-from bnfold.cli import batch
+from bnfold import batch
 from bnfold.cli.main import cli
 from bnfold.workflow import fold_file
 
@@ -210,7 +210,7 @@ def test_ctrl_c_stops_the_batch_and_writes_nothing_more(tmp_path: Path) -> None:
 def test_regression_ctrl_c_in_an_idle_worker_printed_a_traceback(tmp_path: Path) -> None:
     """An idle pool worker died of SIGINT inside multiprocessing's loop (a traceback on
     stderr) and could still start a queued model; now it only notes the interrupt."""
-    from bnfold.cli import batch
+    from bnfold import batch
     from bnfold.workflow import FoldFileOptions
 
     previous = signal.getsignal(signal.SIGINT)

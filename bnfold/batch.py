@@ -1,18 +1,20 @@
-"""Folding many models: expand folders, run workers in parallel, print a summary table.
+"""Folding many models: expand folders, plan outputs, run worker processes in parallel.
 
 One bad model never stops the others: each model's errors become its outcome, and a
 worker process that dies (out of memory, a crash in native code) is retried alone so
-that only the model that kills it is reported.
+that only the model that kills it is reported. Nothing here prints: ``fold_many``
+returns the outcomes and reports progress through a callback; the CLI renders both.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -23,16 +25,17 @@ from bnfold.workflow import FoldFileOptions, FoldFileOutcome, default_output, fo
 logger = logging.getLogger(__name__)
 
 Task = tuple[Path, FoldFileOptions]
+Progress = Callable[[str], None]  # called with a model's file name once it is done
 
 
-def expand_models(args: tuple[Path, ...]) -> list[Path]:
+def expand_models(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Files as given; folders expand to their ``*.onnx`` files (folded outputs skipped).
 
     A model named twice (directly or through a folder) is folded once.
     """
     paths: list[Path] = []
     seen: set[Path] = set()
-    for arg in args:
+    for arg in map(Path, args):
         if arg.is_dir():
             found = sorted(
                 p for p in arg.glob("*.onnx") if p.is_file() and not p.name.endswith(".folded.onnx")
@@ -58,7 +61,7 @@ def plan_tasks(paths: list[Path], options: FoldFileOptions, output_dir: Path | N
     tasks: list[Task] = []
     targets: dict[Path, Path] = {}
     for path in paths:
-        opts = FoldFileOptions(**{**options.__dict__})
+        opts = dataclasses.replace(options)
         if output_dir is not None:
             opts.output = output_dir / default_output(path).name
         target = path if opts.in_place else (opts.output or default_output(path))
@@ -73,36 +76,39 @@ def plan_tasks(paths: list[Path], options: FoldFileOptions, output_dir: Path | N
     return tasks
 
 
-def run_batch(
-    paths: list[Path],
+def fold_many(
+    paths: Sequence[Path],
     options: FoldFileOptions,
-    output_dir: Path | None,
-    jobs: int | None,
     *,
-    quiet: bool = False,
+    output_dir: Path | None = None,
+    jobs: int | None = None,
+    progress: Progress | None = None,
 ) -> list[FoldFileOutcome]:
-    """Fold each model in a worker process; one bad model never stops the others."""
-    tasks = plan_tasks(paths, options, output_dir)
+    """Fold each model (in worker processes when ``jobs`` allows); outcomes in input order.
+
+    ``options.shapes`` and ``options.inputs`` apply to the models that have an input of
+    that name. ``progress(name)`` is called as each model finishes. Ctrl-C aborts the
+    running models, skips the queued ones and raises KeyboardInterrupt.
+    """
+    batch_options = dataclasses.replace(options, only_matching_inputs=True)
+    tasks = plan_tasks(list(paths), batch_options, output_dir)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    from bnfold.cli.render import batch_progress, render_summary
-
-    with batch_progress(len(tasks), enabled=not quiet) as advance:
-        if workers == 1:
-            outcomes = {}
-            for i, (path, opts) in enumerate(tasks):
-                outcomes[i] = fold_file(path, opts)
-                advance(path.name)
-        else:
-            outcomes = _run_pool(tasks, workers, advance)
-    ordered = [outcomes[i] for i in range(len(tasks))]
-    if not quiet:
-        render_summary(ordered)
-    return ordered
+    advance = progress or _no_progress
+    if workers == 1:
+        outcomes = {}
+        for i, (path, opts) in enumerate(tasks):
+            outcomes[i] = fold_file(path, opts)
+            advance(path.name)
+    else:
+        outcomes = _run_pool(tasks, workers, advance)
+    return [outcomes[i] for i in range(len(tasks))]
 
 
-def _run_pool(
-    tasks: list[Task], workers: int, advance: Callable[[str], None]
-) -> dict[int, FoldFileOutcome]:
+def _no_progress(name: str) -> None:
+    """The default progress callback: nothing."""
+
+
+def _run_pool(tasks: list[Task], workers: int, advance: Progress) -> dict[int, FoldFileOutcome]:
     """Run tasks in a process pool; models caught in a pool crash are retried one by one.
 
     On Ctrl-C the running models abort (their temporary files are removed) and queued
