@@ -14,9 +14,9 @@ import onnx_ir as ir
 
 from bnfold.onnx.batchnorm import read_batchnorm
 from bnfold.onnx.constants import is_onnx_op
-from bnfold.onnx.consumers import plan_input_affine
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.producers import plan_output_affine
+from bnfold.onnx.plan.consumers import plan_input_affine
+from bnfold.onnx.plan.producers import plan_output_affine
 
 logger = logging.getLogger(__name__)
 

@@ -29,3 +29,16 @@ def content_uses(value: ir.Value) -> list[Any]:
 def is_exclusive(value: ir.Value) -> bool:
     """True when one node alone reads the value's contents and it is not a graph output."""
     return not value.is_graph_output() and len(content_uses(value)) == 1
+
+
+def replace_output(old: ir.Value, new: ir.Value) -> None:
+    """Route every use of ``old`` (graph outputs included) to ``new``, keeping output names."""
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output:
+        new.name = old.name
+
+
+def is_graph_boundary(value: ir.Value) -> bool:
+    """Graph inputs, initializers and outputs cannot be renamed away."""
+    return value.is_graph_input() or value.is_initializer() or value.is_graph_output()

@@ -8,7 +8,7 @@ import torch
 from extra_helpers import Builder, assert_equivalent, export_torch, fold, ops
 from torch import nn
 
-from bnfold.onnx.channel_affine import per_channel_vector
+from bnfold.onnx.plan.channel_affine import per_channel_vector
 
 
 def test_decomposed_bn_mul_add_after_conv_folds() -> None:

@@ -16,7 +16,7 @@ from extra_helpers import (
 )
 from torch import nn
 
-from bnfold.onnx.layout import map_flat
+from bnfold.onnx.plan.layout import map_flat
 
 
 def test_map_flat_keeps_merges_and_splits() -> None:

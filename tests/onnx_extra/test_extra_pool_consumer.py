@@ -12,7 +12,7 @@ import onnx_ir as ir
 import pytest
 from extra_helpers import Builder, assert_equivalent, bn_params, fold, only_bn, ops
 
-from bnfold.onnx.pooling import window_reason
+from bnfold.onnx.plan.pooling import window_reason
 
 
 def positive_bn(b: Builder, x: str, c: int, negative: int = 0) -> str:

@@ -2,7 +2,7 @@
 
 RepViT normalises ``conv(x) + conv1(x) + x``. The identity term ``x`` blocks the BN fold
 (x is no layer output), but it is itself a convolution of x: with C_in = C_out, stride 1 and
-size-keeping padding, adding 1 at each channel's aligned tap (``identity_tap.py``) gives
+size-keeping padding, adding 1 at each channel's aligned tap (``patterns.identity_tap``) gives
 Conv'(x) = Conv(x) + x exactly. The term then leaves the sum and the BN can fold into the
 remaining terms (FoldBatchNormIntoProducerPass). Only sums read by a BN are touched.
 """
@@ -17,10 +17,11 @@ import onnx_ir as ir
 from bnfold import foldmath
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import display_name
-from bnfold.onnx.identity_tap import add_identity, identity_tap
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.plan.conv import identity_tap
 from bnfold.onnx.sums import sum_leaves
-from bnfold.onnx.uses import is_exclusive
+from bnfold.onnx.uses import is_exclusive, replace_output
+from bnfold.patterns import add_identity
 
 logger = logging.getLogger(__name__)
 

@@ -22,16 +22,3 @@ class BnfoldPass(ir.passes.InPlacePass, abc.ABC):
     @abc.abstractmethod
     def run(self) -> bool:
         """Apply the pass to ``self.ctx.model``; True when the model changed."""
-
-
-def replace_output(old: ir.Value, new: ir.Value) -> None:
-    """Route every use of ``old`` (graph outputs included) to ``new``, keeping output names."""
-    was_output = old.is_graph_output()
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-    if was_output:
-        new.name = old.name
-
-
-def is_graph_boundary(value: ir.Value) -> bool:
-    """Graph inputs, initializers and outputs cannot be renamed away."""
-    return value.is_graph_input() or value.is_initializer() or value.is_graph_output()

@@ -17,7 +17,8 @@ import logging
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.uses import replace_output
 
 logger = logging.getLogger(__name__)
 

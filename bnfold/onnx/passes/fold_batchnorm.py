@@ -13,7 +13,8 @@ import logging
 
 from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.passes.base import BnfoldPass
-from bnfold.onnx.producers import Plan, drop_batchnorm, plan_output_affine
+from bnfold.onnx.plan.plan import Plan
+from bnfold.onnx.plan.producers import drop_batchnorm, plan_output_affine
 
 logger = logging.getLogger(__name__)
 

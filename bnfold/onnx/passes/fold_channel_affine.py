@@ -11,18 +11,19 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.onnx.channel_affine import per_channel_vector
 from bnfold.onnx.constants import constant_array, is_onnx_op
-from bnfold.onnx.layers import (
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.plan.channel_affine import per_channel_vector
+from bnfold.onnx.plan.layers import (
     PRODUCER_OPS,
-    Rewrite,
     feature_axis,
-    matmul_bias_add,
+    output_channels,
     output_rank,
-    prepare_output_affine,
+    plan_layer_output,
 )
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
-from bnfold.onnx.uses import is_exclusive
+from bnfold.onnx.plan.plan import Plan
+from bnfold.onnx.plan.weights import matmul_bias_add
+from bnfold.onnx.uses import is_exclusive, replace_output
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,18 @@ class FoldChannelAffinePass(BnfoldPass):
         for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, AFFINE_OPS) or len(node.inputs) != 2:
                 continue
-            plan = self.check(node)
-            if plan is None:
+            found = self.check(node)
+            if found is None:
                 continue
-            new_out = plan.apply()
-            replace_output(node.outputs[0], new_out)
+            plan, x = found
+            replace_output(node.outputs[0], plan.apply() or x)
             assert node.graph is not None
             node.graph.remove(node, safe=True)
             modified = True
         return modified
 
-    def check(self, node: ir.Node) -> Rewrite | None:
-        """A ready Rewrite, or None when this elementwise node is not a foldable affine."""
+    def check(self, node: ir.Node) -> tuple[Plan, ir.Value] | None:
+        """A ready Plan and the value carrying its result; None when this is no foldable affine."""
         allow = self.ctx.options.allow_graph_input_params
         for var_index in (0, 1):
             x, c_val = node.inputs[var_index], node.inputs[1 - var_index]
@@ -74,9 +75,9 @@ class FoldChannelAffinePass(BnfoldPass):
             if affine is None:
                 continue
             s, t, axis = affine
-            plan = prepare_output_affine(self.ctx, layer, s, t, axis, bias_add)
-            if isinstance(plan, Rewrite):
-                return plan
+            plan = plan_layer_output(self.ctx, layer, s, t, axis, bias_add)
+            if isinstance(plan, Plan):
+                return plan, x
             logger.debug("affine %s not folded: %s", node.name, plan)
         return None
 
@@ -86,7 +87,7 @@ class FoldChannelAffinePass(BnfoldPass):
         rank, axis = output_rank(layer), feature_axis(layer)
         if rank is None or axis is None:
             return None
-        channels = _channels(layer)
+        channels = output_channels(layer)
         if channels is None:
             return None
         vec = per_channel_vector(const, rank, axis, channels)
@@ -104,18 +105,3 @@ class FoldChannelAffinePass(BnfoldPass):
             return 1.0 / vec, zeros, axis
         return None
 
-
-def _channels(layer: ir.Node) -> int | None:
-    w = layer.inputs[1] if len(layer.inputs) > 1 else None
-    arr = constant_array(w, allow_graph_inputs=True)
-    if arr is None or arr.ndim < 2:
-        return None
-    if is_onnx_op(layer, "Conv"):
-        return int(arr.shape[0])
-    if is_onnx_op(layer, "ConvTranspose"):
-        group = layer.attributes.get("group")
-        return int(arr.shape[1]) * (group.as_int() if group is not None else 1)
-    if is_onnx_op(layer, "Gemm"):
-        trans = layer.attributes.get("transB")
-        return int(arr.shape[0] if trans is not None and trans.as_int() else arr.shape[1])
-    return int(arr.shape[1])

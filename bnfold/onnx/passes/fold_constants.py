@@ -37,7 +37,8 @@ from bnfold.onnx.constants import (
     is_quantize_op,
     is_quantized_dtype,
 )
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.uses import replace_output
 
 logger = logging.getLogger(__name__)
 

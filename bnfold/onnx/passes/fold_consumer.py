@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 
 from bnfold.onnx.batchnorm import frozen_batchnorms
-from bnfold.onnx.consumers import plan_input_affine
 from bnfold.onnx.passes.base import BnfoldPass
-from bnfold.onnx.producers import Plan, drop_batchnorm
+from bnfold.onnx.plan.consumers import plan_input_affine
+from bnfold.onnx.plan.plan import Plan
+from bnfold.onnx.plan.producers import drop_batchnorm
 
 logger = logging.getLogger(__name__)
 

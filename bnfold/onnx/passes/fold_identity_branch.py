@@ -19,10 +19,11 @@ from bnfold import foldmath
 from bnfold.onnx.batchnorm import FrozenBatchNorm, frozen_batchnorms
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import display_name
-from bnfold.onnx.identity_tap import add_identity, identity_tap
-from bnfold.onnx.layers import value_dtype
-from bnfold.onnx.passes.base import BnfoldPass, is_graph_boundary, replace_output
-from bnfold.onnx.uses import content_uses, is_exclusive
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.plan.conv import identity_tap
+from bnfold.onnx.plan.weights import value_dtype
+from bnfold.onnx.uses import content_uses, is_exclusive, is_graph_boundary, replace_output
+from bnfold.patterns import fold_identity_branch
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ class FoldBatchNormIdentityBranchPass(BnfoldPass):
         w = constant_array(conv.inputs[1], allow_graph_inputs=allow)
         if w is None or w.ndim < 3 or w.shape[0] != bn.channels:
             return None
-        group = conv.attributes.get("group")
-        g = group.as_int() if group is not None else 1
+        g = conv.attributes.get_int("group", 1)
         if w.shape[1] * g != bn.channels:
             return None  # C_in ≠ C_out: BN(x) is not a same-shape branch of this Conv
         tap = identity_tap(conv, tuple(int(k) for k in w.shape[2:]))
@@ -79,8 +79,7 @@ class FoldBatchNormIdentityBranchPass(BnfoldPass):
             b = constant_array(conv.inputs[2], allow_graph_inputs=allow)
             if b is None or b.size != bn.channels:
                 return None
-        w64 = add_identity(w, bn.scale, g, tap)
-        b64 = foldmath.fold_output_bias(None if b is None else b.reshape(-1), 1.0, bn.shift)
+        w64, b64 = fold_identity_branch(w, b, bn.scale, bn.shift, g, tap)
         new_w, why_w = foldmath.cast_back(w64, w.dtype, w)
         like = b.reshape(-1) if b is not None else np.zeros(bn.channels, w.dtype)
         new_b, why_b = foldmath.cast_back(b64, like.dtype, like)

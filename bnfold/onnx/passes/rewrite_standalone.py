@@ -15,10 +15,11 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import foldmath
-from bnfold.onnx import layout
 from bnfold.onnx.batchnorm import FrozenBatchNorm, frozen_batchnorms
 from bnfold.onnx.context import display_name
-from bnfold.onnx.passes.base import BnfoldPass, replace_output
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.plan import layout
+from bnfold.onnx.uses import replace_output
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
-from bnfold.onnx.passes.base import BnfoldPass, is_graph_boundary, replace_output
+from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.uses import is_graph_boundary, replace_output
 
 logger = logging.getLogger(__name__)
 

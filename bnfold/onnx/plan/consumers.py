@@ -1,7 +1,7 @@
 """Planning a per-channel affine map on a layer's *input* into that layer's weights.
 
 BN before a linear layer: ``L(s·x + t) = L'(x)`` (the per-layer math is in
-``consumer_layers.py``). Between the BN and the layer, layout ops are walked through when
+the layer adapters, ``layers.py``). Between the BN and the layer, layout ops are walked through when
 they map BN's channel axis onto the layer's input-feature axis, and pooling ops when the
 map commutes with them (averages always, maxima when every s > 0; see ``pooling.py``).
 """
@@ -13,11 +13,12 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.onnx import layout, pooling
 from bnfold.onnx.constants import is_onnx_op
-from bnfold.onnx.consumer_layers import CONSUMER_OPS, plan_layer_input
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.producers import MAX_DEPTH, Plan, combined, op_counts
+from bnfold.onnx.plan import layout, pooling
+from bnfold.onnx.plan.layers import CONSUMER_OPS, plan_layer_input
+from bnfold.onnx.plan.plan import Plan, combined
+from bnfold.onnx.plan.producers import MAX_DEPTH, op_counts
 from bnfold.onnx.uses import content_uses
 
 logger = logging.getLogger(__name__)

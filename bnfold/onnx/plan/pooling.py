@@ -22,9 +22,9 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
-from bnfold.onnx.consumer_layers import padding_of
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.layout import Mapping, static_dims
+from bnfold.onnx.plan.layout import Mapping, static_dims
+from bnfold.onnx.plan.weights import padding_of
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ t per input) to linear layers, checks everything first and returns a ``Plan`` wh
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -18,25 +17,18 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from bnfold import foldmath
-from bnfold.onnx import layout
+from bnfold import foldmath, patterns
 from bnfold.onnx.constants import constant_array, is_onnx_op, is_quantize_op
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.layers import PRODUCER_OPS, Rewrite, matmul_bias_add, prepare_output_affine
-from bnfold.onnx.uses import content_uses
+from bnfold.onnx.plan import layout
+from bnfold.onnx.plan.layers import PRODUCER_OPS, plan_layer_output
+from bnfold.onnx.plan.plan import Plan, combined
+from bnfold.onnx.plan.weights import matmul_bias_add
+from bnfold.onnx.uses import content_uses, replace_output
 
 logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 12
-
-
-@dataclasses.dataclass
-class Plan:
-    """A checked change; ``apply()`` makes the planned value carry the affine map."""
-
-    apply: Callable[[], None]
-    into: list[str]
-    path: list[str]  # op types walked through, producer first, e.g. ["MatMul", "Reshape"]
 
 
 def exclusive_reason(value: ir.Value) -> str | None:
@@ -92,20 +84,19 @@ def plan_output_affine(
         reason = exclusive_reason(layer.outputs[0])
         if reason is not None:
             return f"MatMul '{display_name(layer)}' output {reason}"
-    rewrite = prepare_output_affine(ctx, layer, scale, shift, axis, bias_add)
-    if isinstance(rewrite, str):
-        return rewrite
-    path = [layer.op_type] + (["Add"] if bias_add is not None else [])
-    return Plan(_rewired(value, rewrite), [rewrite.into], path)
+    plan = plan_layer_output(ctx, layer, scale, shift, axis, bias_add)
+    if isinstance(plan, str):
+        return plan
+    return Plan(_rewired(value, plan), plan.into, plan.path)
 
 
-def _rewired(value: ir.Value, rewrite: Rewrite) -> Callable[[], None]:
-    """Apply ``rewrite`` and route ``value``'s single consumer to the value it returns."""
+def _rewired(value: ir.Value, plan: Plan) -> Callable[[], None]:
+    """Apply ``plan`` and route ``value``'s single consumer to the value that now carries it."""
 
     def apply() -> None:
         user, index = content_uses(value)[0]
-        new = rewrite.apply()
-        if new is not value:
+        new = plan.apply()
+        if new is not None and new is not value:
             user.replace_input_with(index, new)
 
     return apply
@@ -166,36 +157,21 @@ def _through_concat(
         if inp is None or dims is None or axis >= len(dims) or dims[axis] is None:
             return f"{name} input {i} has an unknown channel count"
         sizes.append(int(dims[axis]))  # type: ignore[arg-type]
-    if sum(sizes) != scale.shape[0]:
-        return f"{name} inputs have {sum(sizes)} channels, BN has {scale.shape[0]}"
+    parts = patterns.split_concat(scale, shift, sizes)
+    if isinstance(parts, str):
+        return f"{name}: {parts}"
     plans: list[Plan] = []
-    start = 0
-    for i, (inp, size) in enumerate(zip(node.inputs, sizes, strict=True)):
-        part = slice(start, start + size)
-        start += size
+    for i, (inp, (s_i, t_i)) in enumerate(zip(node.inputs, parts, strict=True)):
         assert inp is not None
-        plan = plan_output_affine(ctx, inp, axis, scale[part], shift[part], depth + 1)
+        plan = plan_output_affine(ctx, inp, axis, s_i, t_i, depth + 1)
         if isinstance(plan, str):
             return f"{name} input {i}: {plan}"
         plans.append(plan)
-
     return combined(plans, "Concat")
-
-
-def combined(plans: list[Plan], op: str) -> Plan:
-    """One Plan applying every part plan (each checked already), e.g. per Concat input."""
-
-    def apply() -> None:
-        for plan in plans:
-            plan.apply()
-
-    return Plan(apply, [name for plan in plans for name in plan.into], [op])
 
 
 def drop_batchnorm(ctx: FoldContext, node: ir.Node, plan: Plan, pattern: str) -> None:
     """Apply ``plan`` and remove the BN, routing its output to its input; record the fold."""
-    from bnfold.onnx.passes.base import replace_output
-
     plan.apply()
     x = node.inputs[0]
     assert x is not None and node.graph is not None
