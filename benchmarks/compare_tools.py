@@ -134,7 +134,7 @@ def _export(model: str, exporter: str, workdir: Path) -> Path | str:
     if path.exists():
         return path
     try:
-        from zoo import ZOO, export_onnx
+        from bnfold.testing.zoo import ZOO, export_onnx
 
         module, inputs = ZOO[model]()
         return export_onnx(module, inputs, path, exporter=exporter)

@@ -85,7 +85,8 @@ def child(mode: str, src: str, dst: str) -> dict[str, Any]:
 def resnet50() -> Any:
     """torchvision-style ResNet-50 from plain modules (zoo blocks), BN stats randomised."""
     from torch import nn
-    from zoo import Bottleneck, conv_bn, randomize_bn
+
+    from bnfold.testing.zoo import Bottleneck, conv_bn, randomize_bn
 
     layers: list[nn.Module] = [conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
     cin = 64
@@ -101,7 +102,8 @@ def export(path: Path, exporter: str) -> Path:
     if path.exists():
         return path
     import torch
-    from zoo import export_onnx
+
+    from bnfold.testing.zoo import export_onnx
 
     logging.getLogger("torch").setLevel(logging.ERROR)
     model = resnet50()
@@ -229,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeat = 1
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    sys.path.insert(0, str(HERE))
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bnfold-cost-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

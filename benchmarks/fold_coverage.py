@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sys.path.insert(0, str(HERE))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from zoo import ZOO
+    from bnfold.testing.zoo import ZOO
 
     models = args.models.split(",") if args.models else list(ZOO)
     tools = args.tools.split(",") if args.tools else list(TOOLS)
@@ -117,7 +117,7 @@ def _run_tool(workers: object, tool: str, src: Path, dst: Path) -> str:
 
 
 def _export(model: str, exporter: str, workdir: Path) -> Path | str:
-    from zoo import ZOO, export_onnx
+    from bnfold.testing.zoo import ZOO, export_onnx
 
     path = workdir / f"{model}.{exporter}.onnx"
     if path.exists():

@@ -29,10 +29,8 @@ from torch import fx, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import ZOO, is_bn_like
-
 import bnfold
+from bnfold.testing.zoo import ZOO, is_bn_like
 
 logger = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # relative to max|ref|: above it a result counts as wrong

@@ -1,16 +1,8 @@
-"""Shared pytest setup: the ``--slow`` switch and the benchmarks/ folder on sys.path."""
+"""Shared pytest setup: the ``--slow`` switch."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "benchmarks"
-if BENCHMARKS.is_dir() and str(BENCHMARKS) not in sys.path:
-    sys.path.append(str(BENCHMARKS))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

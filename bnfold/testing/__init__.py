@@ -2,6 +2,8 @@
 
 ``assert_equivalent("model.onnx", "model.folded.onnx", seeds=5)`` passes silently when
 the models are equivalent and raises AssertionError with the full report otherwise.
+:mod:`bnfold.testing.zoo` holds small plain-torch models with BatchNorm for tests and
+benchmarks (it needs torch, so it is imported only where asked for).
 """
 
 from __future__ import annotations

@@ -4,10 +4,9 @@ Every entry of :data:`ZOO` is a zero-argument constructor returning ``(model, in
 eval-mode ``nn.Module`` whose BatchNorm statistics and affine parameters are randomised (the
 defaults μ=0, σ²=1, γ=1, β=0 hide folding bugs) and a tuple of small example inputs. Construction
 is deterministic and leaves the global RNG untouched. Importing this module has no side effects
-and needs only torch::
+and needs only torch (``import bnfold`` and ``import bnfold.testing`` never import it)::
 
-    sys.path.insert(0, "benchmarks")
-    from zoo import ZOO, export_onnx, randomize_bn
+    from bnfold.testing.zoo import ZOO, export_onnx, randomize_bn
     model, inputs = ZOO["resnet_basic"]()
     export_onnx(model, inputs, "resnet.onnx", exporter="dynamo")   # BN left unfolded
 

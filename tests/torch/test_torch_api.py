@@ -8,9 +8,9 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 from torch_helpers import fold_checked, prepared  # noqa: E402
-from zoo import ZOO, is_bn_like  # noqa: E402
 
 import bnfold  # noqa: E402
+from bnfold.testing.zoo import ZOO, is_bn_like  # noqa: E402
 from bnfold.torch import TorchFoldResult  # noqa: E402
 from bnfold.torch.compare import Reference  # noqa: E402
 

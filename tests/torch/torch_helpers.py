@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from zoo import randomize_bn
 
 import bnfold
+from bnfold.testing.zoo import randomize_bn
 from bnfold.torch import TorchFoldResult
 
 
