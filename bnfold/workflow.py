@@ -6,7 +6,6 @@ The CLI calls this (in worker processes for many models); pipelines can too.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from bnfold.errors import (
     BnfoldError,
     NotEquivalentError,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -115,6 +112,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     if not options.in_place and same_file(src, out):
         raise OutputError(f"{out}: output path equals the input; use --in-place to overwrite it")
     check_output_path(out, out.parent if str(out.parent) else Path("."))  # fail before work
+    input_bytes = model_file_bytes(src)  # now: an in-place save replaces it
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,
@@ -123,31 +121,17 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     )
     outcome.report = result.report
     outcome.output = str(out)
+    bench_error: list[BaseException] = []
 
     def check_before_commit(tmp_model: Path) -> None:
-        if not options.verify:
-            return
-        from bnfold.equivalence.api import verify
-
-        reference: Any = src
-        if options.assume_eval:  # compare with the original read with inference semantics
-            from bnfold.onnx.eval_mode import inference_reference
-
-            reference = inference_reference(src)
-        shapes, inputs = _inputs_for(result.ir_model, options)
-        outcome.verification = verify(
-            reference,
-            tmp_model,
-            seeds=options.seeds,
-            provider=options.provider,
-            shapes=shapes,
-            inputs=inputs,
-        )
-        if not outcome.verification and not options.force:
-            raise NotEquivalentError(
-                "folded model is not equivalent to the original; nothing written "
-                "(--force writes anyway)"
-            )
+        """Verify, then bench while the original is still on disk (--in-place replaces it)."""
+        if options.verify:
+            _verify(src, tmp_model, result.ir_model, options, outcome)
+        if options.bench:
+            try:
+                outcome.bench = _bench(src, tmp_model, out, result.ir_model, options, outcome)
+            except Exception as err:  # the folded model is still written, as without --bench
+                bench_error.append(err)
 
     result.save(out, overwrite_input=options.in_place, before_commit=check_before_commit)
     outcome.written = True
@@ -155,18 +139,61 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
         outcome.verification.candidate = str(out)  # it was checked as a temporary file
     if outcome.verification is not None and not outcome.verification:
         outcome.exit_code = EXIT_NOT_EQUIVALENT
-    outcome.sizes = {"input_bytes": _size(src), "output_bytes": _size(out)}
-    if options.bench:
-        from bnfold.latency.api import bench
+    outcome.sizes = {"input_bytes": input_bytes, "output_bytes": model_file_bytes(out)}
+    if bench_error:
+        raise bench_error[0]
 
-        outcome.bench = bench(
-            src,
-            vs=out,
-            provider=options.provider,
-            levels=("disable", "all"),
-            shapes=_verified_shapes(outcome.verification)
-            or _inputs_for(result.ir_model, options)[0],
+
+def _verify(
+    src: Path, tmp_model: Path, model: Any, options: FoldFileOptions, outcome: FoldFileOutcome
+) -> None:
+    """Compare the folded temporary file with the original; raise to cancel the write."""
+    from bnfold.equivalence.api import verify
+
+    reference: Any = src
+    if options.assume_eval:  # compare with the original read with inference semantics
+        from bnfold.onnx.eval_mode import inference_reference
+
+        reference = inference_reference(src)
+    shapes, inputs = _inputs_for(model, options)
+    outcome.verification = verify(
+        reference,
+        tmp_model,
+        seeds=options.seeds,
+        provider=options.provider,
+        shapes=shapes,
+        inputs=inputs,
+    )
+    if not outcome.verification and not options.force:
+        raise NotEquivalentError(
+            "folded model is not equivalent to the original; nothing written "
+            "(--force writes anyway)"
         )
+
+
+def _bench(
+    src: Path,
+    tmp_model: Path,
+    out: Path,
+    model: Any,
+    options: FoldFileOptions,
+    outcome: FoldFileOutcome,
+) -> Any:
+    """Time the original against the folded temporary file, labelled as their final names."""
+    from bnfold.latency.api import bench
+
+    label, vs_label = src.name, out.name
+    if label == vs_label:
+        label, vs_label = f"{label} (original)", f"{vs_label} (folded)"
+    return bench(
+        src,
+        vs=tmp_model,
+        provider=options.provider,
+        levels=("disable", "all"),
+        shapes=_verified_shapes(outcome.verification) or _inputs_for(model, options)[0],
+        label=label,
+        vs_label=vs_label,
+    )
 
 
 def _inputs_for(
@@ -192,7 +219,9 @@ def _verified_shapes(verification: Any) -> dict[str, tuple[int, ...]] | None:
     return dict(verification.input_shapes) or None
 
 
-def _size(path: Path) -> int:
-    total = path.stat().st_size
-    data = path.with_name(f"{path.name}.data")
-    return total + (data.stat().st_size if data.exists() else 0)
+def model_file_bytes(path: Path) -> int:
+    """Bytes of a model file plus every external data file its tensors name."""
+    from bnfold.onnx.io.outputs import referenced_data_files
+
+    data = referenced_data_files(path)
+    return path.stat().st_size + sum(p.stat().st_size for p in data if p.is_file())
