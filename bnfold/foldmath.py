@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-F16_MAX = float(np.finfo(np.float16).max)  # 65504
 BF16_MAX = 3.3895313892515355e38
 # u = 2^-p (half an ulp at 1): the largest relative error of rounding to the dtype.
 _UNIT_ROUNDOFF = {

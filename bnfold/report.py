@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 Status = Literal["folded", "removed", "rewritten", "left"]
 
-BN_KINDS = frozenset({"BatchNormalization"})
 DROPOUT_KINDS = frozenset({"Dropout"})
 
 
