@@ -6,44 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from support.robust_corpus import good_model, save, save_external
 
 import bnfold.latency.api as latency_api
 from bnfold.cli.main import cli
 from bnfold.workflow import FoldFileOptions, fold_file
-
-
-def conv_bn_model(seed: int = 0) -> onnx.ModelProto:
-    """x[1,3,8,8] → Conv → BN → Add(offset) → y, random statistics; ``offset`` stays."""
-    rng = np.random.default_rng(seed)
-    c = 8
-    arrays = {
-        "W": rng.normal(0, 0.3, (c, 3, 3, 3)),
-        "B": rng.normal(0, 0.1, c),
-        "gamma": rng.uniform(0.5, 2.0, c),
-        "beta": rng.normal(0, 1, c),
-        "mean": rng.normal(0, 1, c),
-        "var": rng.uniform(0.2, 3.0, c),
-        "offset": rng.normal(0, 0.1, (1, c, 6, 6)),
-    }
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv"),
-            helper.make_node(
-                "BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="bn"
-            ),
-            helper.make_node("Add", ["b", "offset"], ["y"], name="shift"),
-        ],
-        "conv_bn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 6, 6])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def disk_bytes(*paths: Path) -> int:
@@ -59,7 +29,7 @@ def fold_json(*args: str) -> dict[str, Any]:
 def test_regression_in_place_size_line_reported_the_output_as_the_input(tmp_path: Path) -> None:
     """Sizes were measured after the write, so --in-place showed input bytes == output bytes."""
     path = tmp_path / "m.onnx"
-    onnx.save(conv_bn_model(), path)
+    save(good_model(), path)
     before = disk_bytes(path)
     sizes = fold_json(str(path), "--in-place", "--no-verify")["sizes"]
     assert sizes == {"input_bytes": before, "output_bytes": disk_bytes(path)}
@@ -72,17 +42,13 @@ def test_regression_size_count_missed_data_files_not_named_name_dot_data(
     """Only ``<name>.data`` was counted: ``weights.bin`` (input) and ``<name>.1.data`` (the
     in-place output, named so as not to overwrite data the input still reads) were missed."""
     path = tmp_path / "m.onnx"
-    onnx.save(
-        conv_bn_model(), path, save_as_external_data=True, location="weights.bin", size_threshold=0
-    )
+    save_external(good_model(), path, location="weights.bin")
     sizes = fold_json(str(path), "--no-verify")["sizes"]
     assert sizes["input_bytes"] == disk_bytes(path, tmp_path / "weights.bin")
 
     path2 = tmp_path / "n.onnx"
     data = tmp_path / "n.onnx.data"
-    onnx.save(
-        conv_bn_model(), path2, save_as_external_data=True, location=data.name, size_threshold=0
-    )
+    save_external(good_model(), path2)  # every tensor in n.onnx.data
     before = disk_bytes(path2, data)
     sizes = fold_json(str(path2), "--in-place", "--no-verify")["sizes"]
     written = [p for p in tmp_path.iterdir() if p.name.startswith("n.onnx.")]
@@ -101,7 +67,7 @@ def test_regression_in_place_bench_timed_the_folded_model_against_itself(
 
     monkeypatch.setattr(latency_api, "bench", short_bench)
     path = tmp_path / "m.onnx"
-    onnx.save(conv_bn_model(), path)
+    save(good_model(), path)
     outcome = fold_file(path, FoldFileOptions(in_place=True, bench=True, seeds=1))
     assert outcome.error is None and outcome.written
     original, folded = outcome.bench.models
