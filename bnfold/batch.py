@@ -77,7 +77,7 @@ def plan_tasks(paths: list[Path], options: FoldFileOptions, output_dir: Path | N
 
 
 def fold_many(
-    paths: Sequence[Path],
+    paths: Sequence[str | os.PathLike[str]],
     options: FoldFileOptions,
     *,
     output_dir: Path | None = None,
@@ -91,7 +91,7 @@ def fold_many(
     running models, skips the queued ones and raises KeyboardInterrupt.
     """
     batch_options = dataclasses.replace(options, only_matching_inputs=True)
-    tasks = plan_tasks(list(paths), batch_options, output_dir)
+    tasks = plan_tasks([Path(p) for p in paths], batch_options, output_dir)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     advance = progress or _no_progress
     if workers == 1:
