@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_ir as ir
 
-from bnfold import foldmath
+from bnfold import foldmath, patterns
 from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext
+from bnfold.onnx.eval_mode import bn_in_training
+from bnfold.onnx.walk import node_opset
 
 _PARAMS = ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))
 
@@ -30,12 +32,18 @@ class FrozenBatchNorm:
 
 def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
     """The BN's (s, t) when it is a frozen inference-time BN, else the reason it is not."""
-    reason = _training_reason(ctx, node)
+    opset = node_opset(node, ctx.model)
+    statistics_used = any(
+        out is not None and (bool(out.uses()) or out.is_graph_output()) for out in node.outputs[1:]
+    )
+    reason = patterns.bn_training_reason(
+        bn_in_training(node, opset), statistics_used, ctx.options.assume_eval
+    )
     if reason is not None:
         return reason
-    for out in node.outputs[1:]:
-        if out is not None and (out.uses() or out.is_graph_output()):
-            return "BN's running-statistics outputs are used (a training graph)"
+    spatial = node.attributes.get_int("spatial", 1)
+    if opset < 9 and spatial == 0:
+        return "BN with spatial=0 normalises per activation, not per channel"
     if len(node.inputs) < 5 or node.inputs[0] is None:
         return "BN is missing inputs"
     allow = ctx.options.allow_graph_input_params
@@ -46,8 +54,7 @@ def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
         if arr is None:
             return why_not_constant(value, f"BN {what}", allow_graph_inputs=allow)
         arrays[what] = np.asarray(arr).astype(np.float64)
-    eps_attr = node.attributes.get("epsilon")
-    eps = eps_attr.as_float() if eps_attr is not None else 1e-5
+    eps = node.attributes.get_float("epsilon", 1e-5)
     reason = foldmath.check_bn_params(
         arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], eps
     )
@@ -74,22 +81,3 @@ def frozen_batchnorms(ctx: FoldContext, *, record: bool = False) -> Iterator[Fro
             continue
         yield bn
 
-
-def _training_reason(ctx: FoldContext, node: ir.Node) -> str | None:
-    opset = node.version or ctx.model.opset_imports.get("", 21)
-    training = False
-    if opset < 7:
-        is_test = node.attributes.get("is_test")
-        training = is_test is None or is_test.as_int() == 0
-    mode = node.attributes.get("training_mode")
-    if mode is not None and mode.as_int() != 0:
-        training = True
-    if training and not ctx.options.assume_eval:
-        return (
-            "BN is in training mode (training_mode=1): it normalises with batch statistics; "
-            "use --assume-eval to fold with the running statistics"
-        )
-    spatial = node.attributes.get("spatial")
-    if opset < 9 and spatial is not None and spatial.as_int() == 0:
-        return "BN with spatial=0 normalises per activation, not per channel"
-    return None

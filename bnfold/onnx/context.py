@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.walk import walk_graphs
 from bnfold.report import FoldReport, ReportEntry
 
 logger = logging.getLogger(__name__)
@@ -68,17 +69,8 @@ class FoldContext:
         Computed once per run: passes never create or delete subgraphs.
         """
         if self._graphs is None:
-            self._graphs = list(self._walk_graphs())
+            self._graphs = list(walk_graphs(self.model))
         return iter(self._graphs)
-
-    def _walk_graphs(self) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
-        yield self.model.graph, ""
-        for sub in self.model.graph.subgraphs():
-            yield sub, f"subgraph:{sub.name or '?'}"
-        for func in self.model.functions.values():
-            yield func, f"function:{func.domain}::{func.name}"
-            for sub in func.subgraphs():
-                yield sub, f"function:{func.domain}::{func.name}/subgraph:{sub.name or '?'}"
 
     def all_nodes(self) -> list[ir.Node]:
         """A snapshot list of every node (safe to mutate the graphs while iterating it)."""

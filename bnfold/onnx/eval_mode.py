@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
+from bnfold.onnx.walk import all_nodes, model_opset
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +57,13 @@ def set_dropout_inference(node: ir.Node, default_opset: int) -> bool:
 
 def to_inference(model: ir.Model) -> int:
     """Switch every training-mode BN and Dropout in ``model`` (all graphs); return how many."""
-    opset = model.opset_imports.get("", 21)
-    graphs = [model.graph, *model.graph.subgraphs()]
-    for func in model.functions.values():
-        graphs.extend([func, *func.subgraphs()])
+    opset = model_opset(model)
     changed = 0
-    for graph in graphs:
-        for node in list(graph):
-            if is_onnx_op(node, "BatchNormalization") and bn_in_training(node, opset):
-                changed += set_bn_inference(node, opset)
-            elif is_onnx_op(node, "Dropout"):
-                changed += set_dropout_inference(node, opset)
+    for node in all_nodes(model):
+        if is_onnx_op(node, "BatchNormalization") and bn_in_training(node, opset):
+            changed += set_bn_inference(node, opset)
+        elif is_onnx_op(node, "Dropout"):
+            changed += set_dropout_inference(node, opset)
     return changed
 
 

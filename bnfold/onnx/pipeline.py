@@ -64,18 +64,15 @@ def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldRep
     _infer_shapes(model)
     ctx = FoldContext(model, options)
     normalise = normalise_passes(ctx)
+    _run(ir.passes.Sequential(*normalise), model)
+    # The fixpoint: fold, then normalise what the folds exposed, until a round changes nothing.
     folds = fold_passes(ctx)
-    _run_all(normalise, model)
-    for iteration in range(ctx.options.max_iterations):
-        changed = _run_all(folds, model)
-        logger.debug("fold iteration %d changed=%s", iteration, changed)
-        if not changed:
-            break
-        _run_all(normalise, model)
-    else:
-        ctx.report.warn(f"stopped after {ctx.options.max_iterations} fold iterations")
+    steps = ctx.options.max_iterations
+    _run(ir.passes.PassManager([*folds, *normalise], steps=steps, early_stop=True), model)
+    if _run(ir.passes.Sequential(*folds), model):  # still changing: the step limit was hit
+        ctx.report.warn(f"stopped after {steps} fold iterations")
     explain_left(ctx)
-    _run_all(final_passes(ctx), model)
+    _run(ir.passes.Sequential(*final_passes(ctx)), model)
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
     if ctx.options.assume_eval:
@@ -86,11 +83,15 @@ def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldRep
     return ctx.build_report()
 
 
-def _run_all(passes: list[ir.passes.PassBase], model: ir.Model) -> bool:
-    changed = False
-    for p in passes:
-        changed = p(model).modified or changed
-    return changed
+def _run(passes: ir.passes.PassBase, model: ir.Model) -> bool:
+    """Run ``passes``; an error inside comes out as itself, not wrapped in PassError."""
+    try:
+        return passes(model).modified
+    except ir.passes.PassError as err:
+        cause: BaseException = err
+        while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise cause from None
 
 
 def _infer_shapes(model: ir.Model) -> None:

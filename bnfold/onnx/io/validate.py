@@ -20,6 +20,7 @@ import onnx_ir as ir
 from bnfold import foldmath
 from bnfold.errors import ModelLoadError
 from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.walk import all_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -285,10 +286,7 @@ def _graph_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
 
 
 def _ir_nodes(model: ir.Model) -> Iterator[ir.Node]:
-    for graph in model.graphs():
-        yield from graph
-    for func in model.functions.values():
-        yield from ir.traversal.RecursiveGraphIterator(func)
+    return iter(all_nodes(model))
 
 
 def _name(node: ir.Node) -> str:

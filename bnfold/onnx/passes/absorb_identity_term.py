@@ -21,6 +21,7 @@ from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.conv import identity_tap
 from bnfold.onnx.sums import sum_leaves
 from bnfold.onnx.uses import is_exclusive, replace_output
+from bnfold.onnx.walk import all_nodes
 from bnfold.patterns import add_identity
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ logger = logging.getLogger(__name__)
 class AbsorbIdentityTermPass(BnfoldPass):
     """Merge an identity term into a same-input Conv term of a sum that a BN reads."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
                 continue
             x = node.inputs[0]

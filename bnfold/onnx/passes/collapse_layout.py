@@ -19,6 +19,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
+from bnfold.onnx.walk import all_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,9 @@ logger = logging.getLogger(__name__)
 class CollapseLayoutChainsPass(BnfoldPass):
     """Merge Reshape→Reshape and Transpose→Transpose chains (inner result used once)."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not node.inputs or node.inputs[0] is None:
                 continue
             inner = node.inputs[0].producer()

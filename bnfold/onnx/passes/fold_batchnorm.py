@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import onnx_ir as ir
+
 from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.plan import Plan
@@ -24,7 +26,7 @@ _SPLIT_PATTERNS = {"Concat": "Concat→BN (split per input)", "Add": "Add→BN (
 class FoldBatchNormIntoProducerPass(BnfoldPass):
     """Fold each frozen BN into whatever linear layers produce its input."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
         for bn in frozen_batchnorms(self.ctx, record=True):
             node = bn.node

@@ -24,6 +24,7 @@ from bnfold.onnx.plan.layers import (
 from bnfold.onnx.plan.plan import Plan
 from bnfold.onnx.plan.weights import matmul_bias_add
 from bnfold.onnx.uses import is_exclusive, replace_output
+from bnfold.onnx.walk import all_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
 class FoldChannelAffinePass(BnfoldPass):
     """Absorb ``layer(x) ⊙ c`` (⊙ ∈ +, −, ×, ÷; c constant per output channel) into the layer."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, AFFINE_OPS) or len(node.inputs) != 2:
                 continue
             found = self.check(node)

@@ -39,6 +39,7 @@ from bnfold.onnx.constants import (
 )
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
+from bnfold.onnx.walk import DEFAULT_OPSET, all_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ _NON_DETERMINISTIC = frozenset(
 class FoldConstantsPass(BnfoldPass):
     """Replace nodes whose inputs are all constant by their evaluated outputs."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not self.foldable(node):
                 continue
             arrays = self.evaluate(node)
@@ -176,7 +177,7 @@ def _evaluator(
         for a in node.attributes.values()
     )
     dtypes = tuple(feeds[n].dtype.name if n else "" for n in names)
-    opset = opsets.get("", 21)
+    opset = opsets.get("", DEFAULT_OPSET)
     key = (node.op_type, attrs, dtypes, len(node.outputs), opset)
     found = _EVALUATORS.get(key)
     if found is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import onnx_ir as ir
+
 from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.consumers import plan_input_affine
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 class FoldBatchNormIntoConsumerPass(BnfoldPass):
     """Fold a frozen BN into the linear layer that reads its output."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
         for bn in frozen_batchnorms(self.ctx):
             node = bn.node

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class FoldBatchNormIdentityBranchPass(BnfoldPass):
     """Fold a BN summed with a Conv of the same input into that Conv's kernel centre."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
         for bn in frozen_batchnorms(self.ctx):
             plan = self.check(bn)

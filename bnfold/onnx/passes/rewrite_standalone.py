@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class RewriteStandaloneBatchNormPass(BnfoldPass):
     """Replace every BN still present by Mul/Add with per-channel constants."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         if not self.ctx.options.rewrite_standalone:
             return False
         modified = False

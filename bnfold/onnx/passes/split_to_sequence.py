@@ -15,6 +15,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
+from bnfold.onnx.walk import all_nodes, node_opset
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,9 @@ logger = logging.getLogger(__name__)
 class SequenceSplitToSplitPass(BnfoldPass):
     """Rewrite SplitToSequence (constant sizes) + constant-index SequenceAt into Split."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, "SplitToSequence"):
                 continue
             plan = self.check(node)
@@ -61,7 +62,7 @@ class SequenceSplitToSplitPass(BnfoldPass):
     def rewrite(self, node: ir.Node, sizes: np.ndarray, reads: list[tuple[ir.Node, int]]) -> None:
         axis_attr = node.attributes.get("axis")
         axis = axis_attr.as_int() if axis_attr is not None else 0
-        opset = node.version or self.ctx.model.opset_imports.get("", 13)
+        opset = node_opset(node, self.ctx.model)
         base = node.name or node.outputs[0].name or "split"
         inputs: list[ir.Value | None] = [node.inputs[0]]
         attributes: list[ir.Attr] = [ir.AttrInt64("axis", axis)]

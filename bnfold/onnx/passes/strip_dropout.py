@@ -10,6 +10,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import is_graph_boundary, replace_output
+from bnfold.onnx.walk import all_nodes, node_opset
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +18,9 @@ logger = logging.getLogger(__name__)
 class StripDropoutPass(BnfoldPass):
     """Remove inference-mode Dropout; a consumed mask becomes an all-true tensor."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, "Dropout"):
                 continue
             reason = self.check(node)
@@ -31,9 +32,7 @@ class StripDropoutPass(BnfoldPass):
         return modified
 
     def opset(self, node: ir.Node) -> int:
-        if node.version is not None:
-            return node.version
-        return self.ctx.model.opset_imports.get("", 21)
+        return node_opset(node, self.ctx.model)
 
     def check(self, node: ir.Node) -> str | None:
         """None when the Dropout is an inference-time identity, else why it stays."""

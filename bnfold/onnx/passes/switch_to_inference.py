@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 
+import onnx_ir as ir
+
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.eval_mode import bn_in_training, set_bn_inference
 from bnfold.onnx.passes.base import BnfoldPass
+from bnfold.onnx.walk import all_nodes, model_opset
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +23,12 @@ NOTE = "switched to running statistics (--assume-eval)"
 class SwitchToInferencePass(BnfoldPass):
     """Make every remaining training-mode BN an inference-mode BN (only with assume_eval)."""
 
-    def run(self) -> bool:
+    def run(self, model: ir.Model) -> bool:
         if not self.ctx.options.assume_eval:
             return False
-        opset = self.ctx.model.opset_imports.get("", 21)
+        opset = model_opset(model)
         modified = False
-        for node in self.ctx.all_nodes():
+        for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
                 continue
             if not bn_in_training(node, opset):
