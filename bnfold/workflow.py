@@ -112,7 +112,6 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     if not options.in_place and same_file(src, out):
         raise OutputError(f"{out}: output path equals the input; use --in-place to overwrite it")
     check_output_path(out, out.parent if str(out.parent) else Path("."))  # fail before work
-    input_bytes = model_file_bytes(src)  # now: an in-place save replaces it
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,
@@ -121,6 +120,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     )
     outcome.report = result.report
     outcome.output = str(out)
+    input_bytes = model_file_bytes(src)  # before an in-place save replaces it
     bench_error: list[BaseException] = []
 
     def check_before_commit(tmp_model: Path) -> None:
