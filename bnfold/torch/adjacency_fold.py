@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnfold import patterns
 from bnfold.report import ReportEntry
 from bnfold.torch import layers
 from bnfold.torch.recording import ModuleCall, Recording
@@ -129,22 +130,21 @@ class _Planner:
             return "BN follows a Concat that is not on the channel axis"
         assert match.params is not None
         s, t = match.params.scale_shift()
-        if sum(int(p.shape[1]) for p in tensors) != len(s):
-            return "the Concat inputs' channels do not add up to the BN's"
-        swaps, start = [], 0
-        for part in tensors:
+        split = patterns.split_concat(s, t, [int(p.shape[1]) for p in tensors])
+        if isinstance(split, str):
+            return split
+        swaps = []
+        for part, (s_i, t_i) in zip(tensors, split, strict=True):
             uses = self.rec.uses.get(id(part), [])
             if len(uses) != 1 or id(part) in self.rec.output_ids:
                 return "a Concat input is also used elsewhere"
             found = self._layer_output(part)
             if isinstance(found, str):
                 return "a Concat input: " + found
-            stop = start + int(part.shape[1])
-            swap = self._fold(found, part, s[start:stop], t[start:stop])
+            swap = self._fold(found, part, s_i, t_i)
             if isinstance(swap, str):
                 return swap
             swaps.append(swap)
-            start = stop
         into = ", ".join(sw.paths[0] for sw in swaps)
         entry = ReportEntry(name, type(bn).__name__, "folded", into, "Concat→BN (split, adjacency)")
         return AdjacencyFold(bn, [*swaps, self._bn_swap(bn, match)], entry)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from bnfold import patterns
 from bnfold.report import ReportEntry
 from bnfold.torch import layers
 from bnfold.torch.registry import BNMatch, is_batchnorm_like, match_batchnorm
@@ -151,16 +152,15 @@ class GraphFolder:
             parts.append((t, layer))
         assert match.params is not None
         s, t = match.params.scale_shift()
-        if sum(layers.out_channels(m) for _, m in parts) != len(s):
-            return "the Concat inputs' channels do not add up to the BN's"
-        news, start = [], 0
-        for _node, layer in parts:
-            stop = start + layers.out_channels(layer)
-            new = layers.fold_into_producer(layer, s[start:stop], t[start:stop])
+        split = patterns.split_concat(s, t, [layers.out_channels(m) for _, m in parts])
+        if isinstance(split, str):
+            return split
+        news = []
+        for (_node, layer), (s_i, t_i) in zip(parts, split, strict=True):
+            new = layers.fold_into_producer(layer, s_i, t_i)
             if isinstance(new, str):
                 return new
             news.append(new)
-            start = stop
         into = [self._install(node, new) for (node, _), new in zip(parts, news, strict=True)]
         self._drop_bn(bn, match.remainder)
         return ", ".join(into), "Concat→BN (split)"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bnfold import foldmath
+from bnfold import foldmath, patterns
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ def fold_into_consumer(layer: nn.Module, scale: np.ndarray, shift: np.ndarray) -
     if isinstance(layer, nn.Linear):
         new_w, new_b = foldmath.fold_matrix_input_affine(w, b, scale, shift, in_axis=1)
     elif isinstance(layer, CONV) and not isinstance(layer, CONV_T):
-        if _has_padding(layer):
-            return "the Conv pads its input (padding inserts zeros, not the BN shift)"
+        why = patterns.input_padding_reason(layer.kernel_size, *_padding(layer))
+        if why is not None:
+            return f"the Conv {why}"
         new_w, new_b = foldmath.fold_conv_input_affine(w, b, scale, shift, int(layer.groups))
     else:
         return f"cannot fold a BN into the input of {type(layer).__name__}"
@@ -123,41 +124,42 @@ def fold_identity_into_conv(
     reason = unsupported_reason(conv) or identity_conv_reason(conv, len(scale))
     if reason:
         return reason
-    w = _np(conv.weight).copy()
-    c_per_group = w.shape[1]
-    centre = tuple(k // 2 for k in w.shape[2:])
-    for o in range(w.shape[0]):
-        w[(o, o % c_per_group, *centre)] += scale[o]
-    b = _np(conv.bias) if conv.bias is not None else np.zeros(w.shape[0])
-    return _rebuild(conv, w, b + shift)
+    w = _np(conv.weight)
+    tap = _identity_tap(conv)
+    assert tap is not None  # identity_conv_reason checked it
+    b = _np(conv.bias) if conv.bias is not None else None
+    new_w, new_b = patterns.fold_identity_branch(w, b, scale, shift, int(conv.groups), tap)
+    return _rebuild(conv, new_w, new_b)
 
 
 def identity_conv_reason(conv: nn.Module, channels: int) -> str | None:
     """Why ``conv`` cannot absorb an identity branch with ``channels`` channels (None if it can)."""
     if not isinstance(conv, CONV) or isinstance(conv, CONV_T):
         return "the sibling branch is not a Conv"
-    if conv.in_channels != conv.out_channels or conv.out_channels != channels:
-        return "the Conv changes the channel count"
+    why = patterns.identity_branch_reason(conv.in_channels, conv.out_channels, channels)
+    if why is not None:
+        return why
     if any(s != 1 for s in conv.stride):
         return "the Conv is strided"
-    kernel = conv.kernel_size
-    if any(k % 2 == 0 for k in kernel):
-        return "the Conv kernel has an even size"
-    if isinstance(conv.padding, str):
-        if conv.padding != "same":
-            return "the Conv does not preserve the spatial size"
-    elif any(
-        p != d * (k // 2) for p, d, k in zip(conv.padding, conv.dilation, kernel, strict=True)
-    ):
+    if _identity_tap(conv) is None:
         return "the Conv does not preserve the spatial size"
     return None
 
 
-def _has_padding(layer: nn.Module) -> bool:
+def _padding(layer: nn.Module) -> tuple[str, list[int]]:
+    """A torch Conv's padding as ONNX's ``(auto_pad mode, pads)``."""
     pad = layer.padding
     if isinstance(pad, str):
-        return pad != "valid"
-    return any(p != 0 for p in pad)
+        return ("SAME_UPPER" if pad == "same" else "VALID"), []
+    return "NOTSET", [int(p) for p in pad] * 2
+
+
+def _identity_tap(conv: nn.Module) -> tuple[int, ...] | None:
+    """The kernel tap reading the aligned input pixel (``patterns.identity_tap``)."""
+    kernel = [int(k) for k in conv.kernel_size]
+    dilations = [int(d) for d in conv.dilation]
+    begins, ends = patterns.pad_extents(kernel, dilations, *_padding(conv))
+    return patterns.identity_tap(kernel, conv.stride, dilations, begins, ends)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
