@@ -1,5 +1,5 @@
-"""The comparison benchmark's tool adapters and worker isolation (benchmarks/ is on sys.path
-through tests/conftest.py)."""
+"""The comparison benchmark's tool adapters and worker isolation (benchmarks/ scripts import
+by bare name through pytest's ``pythonpath``, as they do when run)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner, Result
-from helpers import GraphBuilder, assert_equivalent, op_count, op_types
+from support.onnx_checks import GraphBuilder, assert_equivalent, op_count, op_types
 
 from bnfold.cli.main import cli
 

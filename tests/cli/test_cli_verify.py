@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import verify_inject as inject
-import verify_models as vm
 from click.testing import CliRunner, Result
+from support import verify_inject as inject
+from support import verify_models as vm
 
 from bnfold.cli.main import cli
 from bnfold.testing import assert_equivalent

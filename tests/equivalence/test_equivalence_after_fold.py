@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import verify_models as vm
+from support import verify_models as vm
 
 import bnfold
 from bnfold.testing import assert_equivalent

@@ -10,9 +10,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-import verify_inject as inject
-import verify_models as vm
 from onnx import TensorProto, helper
+from support import verify_inject as inject
+from support import verify_models as vm
 
 import bnfold
 from bnfold.equivalence import VerifyResult, verify

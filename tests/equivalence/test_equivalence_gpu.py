@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import verify_inject as inject
-import verify_models as vm
+from support import verify_inject as inject
+from support import verify_models as vm
 
 from bnfold.equivalence import verify
 

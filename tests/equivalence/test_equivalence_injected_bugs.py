@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import pytest
-import verify_inject as inject
-import verify_models as vm
+from support import verify_inject as inject
+from support import verify_models as vm
 
 from bnfold.equivalence import verify
 

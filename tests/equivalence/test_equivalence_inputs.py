@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import verify_models as vm
 from onnx import TensorProto, helper, numpy_helper
+from support import verify_models as vm
 
 from bnfold.equivalence import inputs as inp
 from bnfold.equivalence.jitter import jittered_copy

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import verify_inject as inject  # noqa: E402
-import verify_nets as nets  # noqa: E402
+from support import verify_inject as inject  # noqa: E402
+from support import verify_nets as nets  # noqa: E402
 
 from bnfold.equivalence import verify  # noqa: E402
 

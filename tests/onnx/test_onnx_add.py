@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from extra_helpers import (
+from support.fold_checks import (
     Builder,
     assert_equivalent,
     export_torch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from extra_helpers import Builder, assert_equivalent, export_torch, fold, ops
+from support.fold_checks import Builder, assert_equivalent, export_torch, fold, ops
 from torch import nn
 
 from bnfold.onnx.plan.channel_affine import per_channel_vector

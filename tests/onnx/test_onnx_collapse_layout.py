@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from helpers import assert_equivalent, assert_hygiene, op_types
 from onnx import TensorProto, helper, numpy_helper
+from support.onnx_checks import assert_equivalent, assert_hygiene, op_types
 
 import bnfold
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from extra_helpers import Builder, assert_equivalent, fold, only_bn, ops
+from support.fold_checks import Builder, assert_equivalent, fold, only_bn, ops
 
 from bnfold import foldmath
 

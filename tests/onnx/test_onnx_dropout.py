@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import (
+from support.onnx_checks import (
     GraphBuilder,
     assert_close,
     assert_equivalent,

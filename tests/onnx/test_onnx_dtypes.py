@@ -6,7 +6,8 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-from extra_helpers import (
+from onnx import numpy_helper
+from support.fold_checks import (
     BFLOAT16,
     Builder,
     assert_equivalent,
@@ -17,7 +18,6 @@ from extra_helpers import (
     ops,
     run,
 )
-from onnx import numpy_helper
 
 from bnfold import foldmath
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from extra_helpers import Builder, assert_equivalent, export_torch, fold, only_bn, ops, randomize_bn
+from support.fold_checks import (
+    Builder,
+    assert_equivalent,
+    export_torch,
+    fold,
+    only_bn,
+    ops,
+    randomize_bn,
+)
 from torch import nn
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
-from helpers import GraphBuilder
 from onnx import TensorProto, helper
+from support.onnx_checks import GraphBuilder
 
 from bnfold.cli.main import cli
 from bnfold.equivalence import shape_search, verify

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import GraphBuilder, assert_equivalent, op_count
 from onnx import helper, numpy_helper
+from support.onnx_checks import GraphBuilder, assert_equivalent, op_count
 
 import bnfold
 from bnfold.errors import ModelLoadError

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import (
+from onnx import helper, numpy_helper
+from support.onnx_checks import (
     GraphBuilder,
     assert_close,
     assert_equivalent,
@@ -23,7 +24,6 @@ from helpers import (
     rand,
     random_feeds,
 )
-from onnx import helper, numpy_helper
 
 import bnfold
 from bnfold.errors import InputError, ModelLoadError, OutputError

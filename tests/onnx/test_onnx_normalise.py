@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import (
+from onnx import helper, numpy_helper
+from support.onnx_checks import (
     GraphBuilder,
     assert_equivalent,
     assert_hygiene,
@@ -22,7 +23,6 @@ from helpers import (
     op_types,
     used_initializers,
 )
-from onnx import helper, numpy_helper
 
 import bnfold
 

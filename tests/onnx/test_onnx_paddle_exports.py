@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
-from helpers import assert_equivalent, assert_hygiene, op_count
+from support.onnx_checks import assert_equivalent, assert_hygiene, op_count
 
 import bnfold
 from bnfold.cli.main import cli

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from helpers import GraphBuilder, assert_equivalent, op_types, rand
+from support.onnx_checks import GraphBuilder, assert_equivalent, op_types, rand
 
 from bnfold.onnx.context import FoldContext, FoldOptions
 from bnfold.onnx.passes.base import BnfoldPass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from extra_helpers import Builder, assert_equivalent, bn_params, fold, only_bn, ops
+from support.fold_checks import Builder, assert_equivalent, bn_params, fold, only_bn, ops
 
 from bnfold.onnx.plan.pooling import window_reason
 

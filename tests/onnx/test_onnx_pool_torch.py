@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from extra_helpers import assert_equivalent, fold, ops, randomize_bn, run
+from support.fold_checks import assert_equivalent, fold, ops, randomize_bn, run
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

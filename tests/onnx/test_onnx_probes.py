@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from helpers import GraphBuilder
+from support.onnx_checks import GraphBuilder
 
 import bnfold
 from bnfold.equivalence import verify

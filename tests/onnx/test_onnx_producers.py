@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import (
+from support.onnx_checks import (
     GraphBuilder,
     assert_equivalent,
     assert_hygiene,

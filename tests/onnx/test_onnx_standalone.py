@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from extra_helpers import Builder, assert_equivalent, fold, init, only_bn, ops
+from support.fold_checks import Builder, assert_equivalent, fold, init, only_bn, ops
 
 from bnfold.cli.main import cli
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from extra_helpers import FLOAT, Builder, assert_equivalent, bn_params, fold, ops, run
 from onnx import helper, numpy_helper
+from support.fold_checks import FLOAT, Builder, assert_equivalent, bn_params, fold, ops, run
 
 
 def _branch(b: Builder, name: str, out: str, pads: list[int]) -> onnx.GraphProto:

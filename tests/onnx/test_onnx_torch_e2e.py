@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from helpers import (  # noqa: E402
+from support.onnx_checks import (  # noqa: E402
     assert_close,
     assert_equivalent,
     assert_hygiene,

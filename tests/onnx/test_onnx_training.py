@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from extra_helpers import export_torch, fold, ops, randomize_bn, run
+from support.fold_checks import export_torch, fold, ops, randomize_bn, run
 from torch import nn
 
 from bnfold.cli.main import cli

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import prop_profiles
 import pytest
+from support import prop_profiles
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from hypothesis import given, note
-from prop_graphs import Case, build, cases
-from prop_profiles import profile
+from support.prop_graphs import Case, build, cases
+from support.prop_profiles import profile
 
 import bnfold
 from bnfold.workflow import FoldFileOptions, fold_file

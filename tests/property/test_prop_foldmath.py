@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from prop_profiles import profile
+from support.prop_profiles import profile
 
 from bnfold import foldmath
 

@@ -5,14 +5,20 @@ The input (and every file beside it) is left byte-for-byte untouched.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from robust_corpus import CORPUS, BadInput, good_model, save
+from support.robust_corpus import (
+    CORPUS,
+    BadInput,
+    assert_one_line_error,
+    good_model,
+    save,
+    snapshot,
+)
 
 import bnfold
 from bnfold.cli.main import cli
@@ -30,38 +36,11 @@ def _audit(event: str, args: tuple) -> None:  # type: ignore[type-arg]
 sys.addaudithook(_audit)
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Relative path → sha256 of every file under ``folder`` (symlinks by target)."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif path.is_symlink():
-            out[str(path.relative_to(folder))] = f"-> {path.readlink()}"
-        elif path.is_dir():
-            out[str(path.relative_to(folder)) + "/"] = "dir"
-    return out
-
-
 @pytest.fixture(params=sorted(CORPUS), ids=sorted(CORPUS))
 def bad(request: pytest.FixtureRequest, tmp_path: Path) -> BadInput:
     folder = tmp_path / "models"
     folder.mkdir()
     return CORPUS[request.param](folder)
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 2, exactly one stderr line ``bnfold: error: …`` holding every fragment."""
-    assert result.exit_code == 2, (result.output, result.stderr)
-    assert isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("bnfold: error: "), line
-    assert "Traceback" not in result.output + result.stderr
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 def test_bad_input_is_refused_cleanly(bad: BadInput, tmp_path: Path) -> None:

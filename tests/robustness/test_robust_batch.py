@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from robust_corpus import CORPUS, good_model, save, save_external
+from support.robust_corpus import CORPUS, good_model, save, save_external
 
 from bnfold import batch
 from bnfold.cli.main import cli

@@ -20,8 +20,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from robust_corpus import good_model, save, save_external
-from test_robust_bad_inputs import assert_one_line_error, snapshot
+from support.robust_corpus import assert_one_line_error, good_model, save, save_external, snapshot
 
 import bnfold
 from bnfold.cli.main import cli

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from robust_corpus import bn_arrays, good_model, save
+from support.robust_corpus import bn_arrays, good_model, save
 
 import bnfold
 from bnfold.errors import ModelLoadError

@@ -2,11 +2,14 @@
 
 The good base model is Conv → BN → Relu → Dropout with random BN statistics; every bad
 variant changes exactly one thing, so the error message must name that one thing.
+``snapshot`` and ``assert_one_line_error`` check that a refusal left the files alone and said
+one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -250,3 +253,31 @@ CORPUS: dict[str, Callable[[Path], BadInput]] = {
     "external-absolute": _external_absolute,
     "external-symlink-escape": _external_symlink,
 }
+
+
+# -- checking refusals -----------------------------------------------------------------
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``folder`` (symlinks by target)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_symlink():
+            out[str(path.relative_to(folder))] = f"-> {path.readlink()}"
+        elif path.is_dir():
+            out[str(path.relative_to(folder)) + "/"] = "dir"
+    return out
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 2, exactly one stderr line ``bnfold: error: …`` holding every fragment."""
+    assert result.exit_code == 2, (result.output, result.stderr)
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("bnfold: error: "), line
+    assert "Traceback" not in result.output + result.stderr
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from support.torch_helpers import fold_checked, prepared  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_helpers import fold_checked, prepared  # noqa: E402
 
 import bnfold  # noqa: E402
 from bnfold.testing.zoo import ZOO, is_bn_like  # noqa: E402

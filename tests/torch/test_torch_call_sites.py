@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from support.torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 
 
 class _SharedConv(nn.Module):

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from support.torch_helpers import prepared  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_helpers import prepared  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("bnfold.onnx.api") is None

@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from support.torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 from torch import fx, nn  # noqa: E402
-from torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 
 import bnfold  # noqa: E402
 from bnfold.torch import register_batchnorm, unregister_batchnorm  # noqa: E402

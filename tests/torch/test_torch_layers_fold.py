@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from support.torch_helpers import fold_checked, modules_of, prepared, statuses  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_helpers import fold_checked, modules_of, prepared, statuses  # noqa: E402
 
 
 def _pair(layer: nn.Module, bn: nn.Module) -> nn.Module:

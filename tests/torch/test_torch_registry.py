@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from support.torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 from torch import nn  # noqa: E402
-from torch_helpers import fold_checked, prepared, statuses  # noqa: E402
 
 import bnfold  # noqa: E402
 from bnfold.testing.zoo import BatchNormAct2d, FrozenBatchNorm2d  # noqa: E402
