@@ -86,4 +86,3 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     return str(obj)
-
