@@ -80,4 +80,3 @@ def frozen_batchnorms(ctx: FoldContext, *, record: bool = False) -> Iterator[Fro
                 ctx.skip(node, bn)
             continue
         yield bn
-

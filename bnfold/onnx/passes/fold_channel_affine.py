@@ -105,4 +105,3 @@ class FoldChannelAffinePass(BnfoldPass):
         if var_index == 0 and np.all(vec != 0):  # Div(x, c)
             return 1.0 / vec, zeros, axis
         return None
-

@@ -130,9 +130,7 @@ def matmul_bias_add(ctx: FoldContext, value: ir.Value) -> tuple[ir.Node, ir.Node
     return None
 
 
-def _constant_term(
-    ctx: FoldContext, add: ir.Node, var_index: int
-) -> tuple[int, np.ndarray] | None:
+def _constant_term(ctx: FoldContext, add: ir.Node, var_index: int) -> tuple[int, np.ndarray] | None:
     """(index, array) of the float constant that a two-input Add adds to input ``var_index``."""
     if not is_onnx_op(add, "Add") or len(add.inputs) != 2:
         return None
