@@ -10,10 +10,7 @@ reach the user, inside bnfold's one-line messages.
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 FATAL_ONLY = 4
 

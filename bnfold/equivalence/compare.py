@@ -15,12 +15,9 @@ differ (near-ties in an ArgMax, values at the edge of overflow).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_FLOOR_FACTOR = 5.0
 INPUT_ULPS = 2  # float inputs are multiplied by 1 ± k·eps, k in 1…2

@@ -8,7 +8,6 @@ name with an input whose shape is known takes that size; other symbolic dims bec
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -17,8 +16,6 @@ import onnx
 
 from bnfold.equivalence.signature import TensorSpec
 from bnfold.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_INDEX_BOUND = 16  # ints are drawn from [0, bound): valid ids, indices, classes
 BATCH_DIM = 1

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from typing import Any
 
 from bnfold.equivalence.compare import Metrics
-
-logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,8 +11,6 @@ from bnfold.equivalence.signature import TensorSpec, spec_from_node_arg
 from bnfold.equivalence.source import ModelSource
 from bnfold.errors import ModelLoadError, VerificationError
 from bnfold.ort_quiet import quiet_run_options, quiet_session_options
-
-logger = logging.getLogger(__name__)
 
 PROVIDERS = ("cpu", "cuda")
 _CUDA_MISSING = (

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from bnfold.errors import VerificationError
-
-logger = logging.getLogger(__name__)
 
 Dim = int | str | None
 

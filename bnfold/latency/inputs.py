@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bnfold.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "tensor(float)": np.float32,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from bnfold.errors import InputError, ModelLoadError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

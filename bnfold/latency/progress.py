@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from types import TracebackType
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 DELAY_S = 1.5
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bnfold.latency.model_stats import ModelStats
 from bnfold.latency.timing import Latency, Speedup
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -10,14 +10,11 @@ model flushed — a bias of a few percent on sub-millisecond models.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 Runner = Callable[[], object]
 

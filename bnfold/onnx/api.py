@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,6 @@ from bnfold.onnx.context import FoldOptions
 from bnfold.onnx.io import files as io
 from bnfold.onnx.pipeline import SHAPES_INFERRED, run_pipeline
 from bnfold.report import FoldReport
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

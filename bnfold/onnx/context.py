@@ -167,12 +167,6 @@ class FoldContext:
         tracked.status, tracked.into, tracked.pattern = status, into, pattern
         tracked.reason = note
 
-    def track_new(self, node: ir.Node, like: ir.Node) -> None:
-        """Track a node created as a replacement of ``like`` (keeps its name and scope)."""
-        old = self._tracked.get(id(like))
-        if old is not None:
-            self._tracked[id(node)] = _Tracked(node, old.name, old.kind, old.scope)
-
     def build_report(self) -> FoldReport:
         """Materialise the report: one entry per tracked BN/Dropout, in model order."""
         report = self.report

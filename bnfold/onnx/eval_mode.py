@@ -8,7 +8,6 @@ the *original* model (nothing folded), the honest reference to verify a folded r
 
 from __future__ import annotations
 
-import logging
 import os
 
 import onnx
@@ -16,8 +15,6 @@ import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.walk import all_nodes, model_opset
-
-logger = logging.getLogger(__name__)
 
 
 def bn_in_training(node: ir.Node, default_opset: int) -> bool:

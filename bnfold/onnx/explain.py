@@ -21,19 +21,16 @@ from bnfold.onnx.plan.producers import plan_output_affine
 logger = logging.getLogger(__name__)
 
 
-def explain_left(ctx: FoldContext) -> list[ir.Node]:
-    """Record a two-sided reason for every BN still in the model; return those BN nodes."""
-    left: list[ir.Node] = []
+def explain_left(ctx: FoldContext) -> None:
+    """Record a two-sided reason for every BN still in the model."""
     for node in ctx.all_nodes():
         if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
             continue
-        left.append(node)
         bn = read_batchnorm(ctx, node)
         if isinstance(bn, str):
             ctx.skip(node, bn)
             continue
         ctx.skip(node, two_sided_reason(ctx, node, bn.scale, bn.shift))
-    return left
 
 
 def two_sided_reason(ctx: FoldContext, node: ir.Node, scale: np.ndarray, shift: np.ndarray) -> str:

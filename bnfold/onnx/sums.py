@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.uses import is_exclusive
-
-logger = logging.getLogger(__name__)
 
 
 def sum_leaves(top: ir.Node) -> list[tuple[ir.Value, ir.Node]]:

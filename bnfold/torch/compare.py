@@ -9,14 +9,11 @@ sits at that floor; a wrong fold (a channel off, an output used elsewhere) lands
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

@@ -11,7 +11,6 @@ they are active at inference and stay, with a reason.
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any
 
 import torch
@@ -19,8 +18,6 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from bnfold.report import ReportEntry
-
-logger = logging.getLogger(__name__)
 
 _DROPOUT_CLASSES: set[type[nn.Module]] = {nn.modules.dropout._DropoutNd}
 _NAME_HINTS = ("dropout", "droppath", "drop_path", "stochasticdepth", "dropblock")

@@ -8,7 +8,6 @@ per-output-channel rule, bfloat16 included) with a reason.
 from __future__ import annotations
 
 import copy
-import logging
 
 import numpy as np
 import torch
@@ -16,8 +15,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bnfold import foldmath, patterns
-
-logger = logging.getLogger(__name__)
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

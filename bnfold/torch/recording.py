@@ -9,7 +9,6 @@ count as uses. Tensors are kept alive for the whole run so their ids stay unique
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +16,6 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
-
-logger = logging.getLogger(__name__)
 
 _SHAPE_METHODS = {"size", "dim", "numel", "__len__", "ndimension", "nelement"}
 _CAT = {torch.cat, torch.concat, torch.concatenate}

@@ -20,7 +20,6 @@ Register your own with::
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -28,8 +27,6 @@ import torch
 from torch import nn
 
 from bnfold.foldmath import bn_scale_shift, check_bn_params
-
-logger = logging.getLogger(__name__)
 
 _PROBE_SHAPES = {1: [(5, 0), (3, 0, 4)], 2: [(2, 0, 3, 3)], 3: [(2, 0, 2, 3, 3)]}
 _ANY_RANK = [(2, 0, 3, 3), (5, 0), (3, 0, 4), (2, 0, 2, 3, 3)]

@@ -4,7 +4,6 @@ atomic writes (temp folder + rename), automatic external data for models over 2 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import secrets
 import shutil
@@ -22,8 +21,6 @@ from bnfold.errors import (
     VerificationError,
 )
 from bnfold.onnx.io import lite, mapped, outputs, sniff, stream_save, validate
-
-logger = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2 * 1024**3
 EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 1024**2  # leave room for the graph itself

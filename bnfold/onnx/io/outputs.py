@@ -1,4 +1,4 @@
-"""Helpers for writing outputs safely: data-file names, renames that persist, OS errors."""
+"""Helpers for writing outputs safely: data-file names, atomic renames, OS errors."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ memory-mapped from the input goes from page cache to page cache.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -22,8 +21,6 @@ import onnx_ir as ir
 
 from bnfold.onnx.io import wire
 from bnfold.onnx.io.mapped import MAPPED_TYPES
-
-logger = logging.getLogger(__name__)
 
 _MODEL_GRAPH_FIELD = 7  # ModelProto.graph
 _GRAPH_INITIALIZER_FIELD = 5  # GraphProto.initializer

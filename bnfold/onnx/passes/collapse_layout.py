@@ -12,16 +12,12 @@ Folding ``bn(x.flatten(0, 1)).reshape_as(x)`` leaves ``Reshape → Reshape``; fo
 
 from __future__ import annotations
 
-import logging
-
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
 from bnfold.onnx.walk import all_nodes
-
-logger = logging.getLogger(__name__)
 
 
 class CollapseLayoutChainsPass(BnfoldPass):

@@ -9,16 +9,12 @@ graph changes.
 
 from __future__ import annotations
 
-import logging
-
 import onnx_ir as ir
 
 from bnfold.onnx.batchnorm import frozen_batchnorms
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.plan import Plan
 from bnfold.onnx.plan.producers import drop_batchnorm, plan_output_affine
-
-logger = logging.getLogger(__name__)
 
 _SPLIT_PATTERNS = {"Concat": "Concat→BN (split per input)", "Add": "Add→BN (split over terms)"}
 

@@ -1,17 +1,15 @@
 """FoldBatchNormIntoConsumerPass: BN → Conv (unpadded) / Gemm / MatMul with constant weights.
 
 For a BN its producer cannot absorb (pre-activation networks, BN on the network input,
-BN after a pooling op): ``L(s·x + t) = L'(x)`` with the input-side fold math of
-``consumer_layers.py``. Between the BN and the layer the walk in ``consumers.py`` passes
+BN after a pooling op): ``L(s·x + t) = L'(x)`` with the layer adapters' input-side folds
+(``plan/layers.py``). Between the BN and the layer the walk in ``plan/consumers.py`` passes
 layout ops and pooling ops the map commutes with (``BN → ReduceMean → Linear`` heads,
-``BN → GlobalAveragePool → Flatten → Gemm``; see ``pooling.py``). Every value on the way
-must feed only layers that can absorb the map and must not be a graph output; a padded
-Conv is left with that reason.
+``BN → GlobalAveragePool → Flatten → Gemm``; see ``plan/pooling.py``). A value on the way
+may feed several readers when every one of them absorbs the map (each gets its own folded
+weights); none may be a graph output. A padded Conv is left with that reason.
 """
 
 from __future__ import annotations
-
-import logging
 
 import onnx_ir as ir
 
@@ -20,8 +18,6 @@ from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.consumers import plan_input_affine
 from bnfold.onnx.plan.plan import Plan
 from bnfold.onnx.plan.producers import drop_batchnorm
-
-logger = logging.getLogger(__name__)
 
 
 class FoldBatchNormIntoConsumerPass(BnfoldPass):

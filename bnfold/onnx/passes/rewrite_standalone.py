@@ -9,8 +9,6 @@ when t = 0, Add only when s = 1, nothing when both.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -20,8 +18,6 @@ from bnfold.onnx.context import display_name
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan import layout
 from bnfold.onnx.uses import replace_output
-
-logger = logging.getLogger(__name__)
 
 
 class RewriteStandaloneBatchNormPass(BnfoldPass):

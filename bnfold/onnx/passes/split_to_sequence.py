@@ -7,8 +7,6 @@ its fusions; a plain ``Split`` with one output per chunk computes the same tenso
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -16,8 +14,6 @@ from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
 from bnfold.onnx.walk import all_nodes, node_opset
-
-logger = logging.getLogger(__name__)
 
 
 class SequenceSplitToSplitPass(BnfoldPass):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -11,8 +9,6 @@ from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import is_graph_boundary, replace_output
 from bnfold.onnx.walk import all_nodes, node_opset
-
-logger = logging.getLogger(__name__)
 
 
 class StripDropoutPass(BnfoldPass):

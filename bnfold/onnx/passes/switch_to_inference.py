@@ -6,16 +6,12 @@ statistics, contradicting ``--assume-eval``. Runs after the fold fixpoint.
 
 from __future__ import annotations
 
-import logging
-
 import onnx_ir as ir
 
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.eval_mode import bn_in_training, set_bn_inference
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.walk import all_nodes, model_opset
-
-logger = logging.getLogger(__name__)
 
 NOTE = "switched to running statistics (--assume-eval)"
 

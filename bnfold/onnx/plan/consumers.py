@@ -8,8 +8,6 @@ map commutes with them (averages always, maxima when every s > 0; see ``pooling.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -20,8 +18,6 @@ from bnfold.onnx.plan.layers import CONSUMER_OPS, plan_layer_input
 from bnfold.onnx.plan.plan import Plan, combined
 from bnfold.onnx.plan.producers import MAX_DEPTH, op_counts
 from bnfold.onnx.uses import content_uses
-
-logger = logging.getLogger(__name__)
 
 
 def plan_input_affine(

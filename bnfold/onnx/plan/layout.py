@@ -13,15 +13,12 @@ repeated when the new axis merges the channel axis with trailing ones, as in Fla
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
-
-logger = logging.getLogger(__name__)
 
 RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 LAYOUT_OPS = ("Transpose", *RESHAPE_LIKE)

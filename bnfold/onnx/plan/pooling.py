@@ -16,8 +16,6 @@ refused: its extra windows can start in the padding or past the input.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 
@@ -25,8 +23,6 @@ from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.plan.layout import Mapping, static_dims
 from bnfold.onnx.plan.weights import padding_of
-
-logger = logging.getLogger(__name__)
 
 POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean")
 MAX_OPS = ("GlobalMaxPool", "MaxPool")

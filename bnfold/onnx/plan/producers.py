@@ -9,7 +9,6 @@ t per input) to linear layers, checks everything first and returns a ``Plan`` wh
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
@@ -25,8 +24,6 @@ from bnfold.onnx.plan.layers import PRODUCER_OPS, plan_layer_output
 from bnfold.onnx.plan.plan import Plan, combined
 from bnfold.onnx.plan.weights import matmul_bias_add
 from bnfold.onnx.uses import content_uses, replace_output
-
-logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 12
 

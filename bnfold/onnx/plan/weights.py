@@ -3,7 +3,6 @@ setting new weights, and the one bias-Add matcher and inserter."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -13,8 +12,6 @@ from bnfold import foldmath
 from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.uses import content_uses
-
-logger = logging.getLogger(__name__)
 
 
 def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarray | str:
