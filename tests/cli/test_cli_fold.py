@@ -8,7 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner, Result
-from support.onnx_checks import GraphBuilder, assert_equivalent, op_count, op_types
+from support.graphs import GraphBuilder
+from support.onnx_checks import assert_equivalent, op_count, op_types
 
 from bnfold.cli.main import cli
 

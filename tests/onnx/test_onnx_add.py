@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from support.fold_checks import (
-    Builder,
-    assert_equivalent,
-    export_torch,
-    fold,
-    init,
-    only_bn,
-    ops,
-    randomize_bn,
-)
+from support.fold_checks import assert_equivalent, export_torch, fold, only_bn, ops, randomize_bn
+from support.graphs import Builder
+from support.onnx_checks import initializer_array
 from torch import nn
 
 
@@ -106,5 +99,5 @@ def test_constant_term_along_width_is_scaled_per_channel() -> None:
     assert only_bn(result).status == "folded"
     assert ops(folded) == {"Conv": 1, "Add": 1}
     add_node = next(n for n in folded.graph.node if n.op_type == "Add")
-    assert init(folded, add_node.input[1]).shape == (1, 4, 1, 4)
+    assert initializer_array(folded, add_node.input[1]).shape == (1, 4, 1, 4)
     assert_equivalent(model, folded)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support.fold_checks import Builder, assert_equivalent, export_torch, fold, ops
+from support.fold_checks import assert_equivalent, export_torch, fold, ops
+from support.graphs import Builder
 from torch import nn
 
 from bnfold.onnx.plan.channel_affine import per_channel_vector

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from support.fold_checks import (
-    Builder,
-    assert_equivalent,
-    export_torch,
-    fold,
-    only_bn,
-    ops,
-    randomize_bn,
-)
+from support.fold_checks import assert_equivalent, export_torch, fold, only_bn, ops, randomize_bn
+from support.graphs import Builder
 from torch import nn
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.fold_checks import Builder, assert_equivalent, fold, only_bn, ops
+from support.fold_checks import assert_equivalent, fold, only_bn, ops
+from support.graphs import Builder
 
 from bnfold import foldmath
 

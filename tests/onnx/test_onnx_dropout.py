@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from support.graphs import GraphBuilder
 from support.onnx_checks import (
-    GraphBuilder,
     assert_close,
     assert_equivalent,
     assert_hygiene,

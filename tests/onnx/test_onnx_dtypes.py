@@ -7,17 +7,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 from onnx import numpy_helper
-from support.fold_checks import (
-    BFLOAT16,
-    Builder,
-    assert_equivalent,
-    feeds_for,
-    fold,
-    init,
-    only_bn,
-    ops,
-    run,
-)
+from support.fold_checks import assert_equivalent, feeds_for, fold, only_bn, ops, run
+from support.graphs import BFLOAT16, Builder
+from support.onnx_checks import initializer_array
 
 from bnfold import foldmath
 
@@ -72,7 +64,10 @@ def test_bf16_fold_math_and_cast_back() -> None:
     folded, result = fold(model)
     assert only_bn(result).status == "folded"
     conv = next(n for n in folded.graph.node if n.op_type == "Conv")
-    w_new, b_new = init(folded, conv.input[1]), init(folded, conv.input[2])
+    w_new, b_new = (
+        initializer_array(folded, conv.input[1]),
+        initializer_array(folded, conv.input[2]),
+    )
     assert w_new.dtype == ml_dtypes.bfloat16 and b_new.dtype == ml_dtypes.bfloat16
     src = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     bn_node = next(n for n in model.graph.node if n.op_type == "BatchNormalization")

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner, Result
 from onnx import TensorProto, helper
-from support.onnx_checks import GraphBuilder
+from support.graphs import GraphBuilder
 
 from bnfold.cli.main import cli
 from bnfold.equivalence import shape_search, verify

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support.fold_checks import (
-    Builder,
-    assert_equivalent,
-    export_torch,
-    fold,
-    only_bn,
-    ops,
-    randomize_bn,
-)
+from support.fold_checks import assert_equivalent, export_torch, fold, only_bn, ops, randomize_bn
+from support.graphs import Builder
 from torch import nn
 
 from bnfold.onnx.plan.layout import map_flat

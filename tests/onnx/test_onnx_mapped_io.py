@@ -15,7 +15,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
-from support.onnx_checks import GraphBuilder, assert_equivalent, op_count
+from support.graphs import GraphBuilder
+from support.onnx_checks import assert_equivalent, op_count
 
 import bnfold
 from bnfold.errors import ModelLoadError

@@ -10,18 +10,16 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
+from support.graphs import GraphBuilder, make_bn_params, rand
 from support.onnx_checks import (
-    GraphBuilder,
     assert_close,
     assert_equivalent,
     assert_hygiene,
     entry,
     initializer_array,
-    make_bn_params,
     node_named,
     op_types,
     ort_run,
-    rand,
     random_feeds,
 )
 

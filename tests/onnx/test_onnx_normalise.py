@@ -13,13 +13,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
+from support.graphs import GraphBuilder, make_bn_params
 from support.onnx_checks import (
-    GraphBuilder,
     assert_equivalent,
     assert_hygiene,
     entry,
     initializer_array,
-    make_bn_params,
     op_types,
     used_initializers,
 )

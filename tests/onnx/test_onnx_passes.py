@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from support.onnx_checks import GraphBuilder, assert_equivalent, op_types, rand
+from support.graphs import GraphBuilder, rand
+from support.onnx_checks import assert_equivalent, op_types
 
 from bnfold.onnx.context import FoldContext, FoldOptions
 from bnfold.onnx.passes.base import BnfoldPass

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from support.fold_checks import Builder, assert_equivalent, bn_params, fold, only_bn, ops
+from support.fold_checks import assert_equivalent, fold, only_bn, ops
+from support.graphs import Builder, bn_params
 
 from bnfold.onnx.plan.pooling import window_reason
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from support.onnx_checks import GraphBuilder
+from support.graphs import GraphBuilder
 
 import bnfold
 from bnfold.equivalence import verify

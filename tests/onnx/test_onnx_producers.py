@@ -10,16 +10,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from support.graphs import GraphBuilder, make_bn_params, rand
 from support.onnx_checks import (
-    GraphBuilder,
     assert_equivalent,
     assert_hygiene,
     entry,
     initializer_array,
-    make_bn_params,
     node_named,
     op_types,
-    rand,
 )
 
 import bnfold

@@ -22,8 +22,9 @@ import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
-from support.onnx_checks import GraphBuilder, assert_equivalent, assert_left, op_count  # noqa: E402
-from test_onnx_torch_e2e import randomise_bn  # noqa: E402
+from support.graphs import GraphBuilder  # noqa: E402
+from support.onnx_checks import assert_equivalent, assert_left, op_count  # noqa: E402
+from support.torch_helpers import randomise_bn  # noqa: E402
 from torch import nn  # noqa: E402
 
 import bnfold  # noqa: E402

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from support.fold_checks import Builder, assert_equivalent, fold, only_bn, ops
+from support.fold_checks import assert_equivalent, fold, only_bn, ops
+from support.graphs import Builder
 
 
 def test_bug_zero_bias_of_wrong_shape_blocked_conv3d_fold() -> None:

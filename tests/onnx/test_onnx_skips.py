@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from support.graphs import GraphBuilder, make_bn_params
 from support.onnx_checks import (
-    GraphBuilder,
     assert_equivalent,
     assert_hygiene,
     assert_left,
     assert_unchanged,
     entry,
     initializer_array,
-    make_bn_params,
     op_types,
 )
 

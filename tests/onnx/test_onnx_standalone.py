@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from support.fold_checks import Builder, assert_equivalent, fold, init, only_bn, ops
+from support.fold_checks import assert_equivalent, fold, only_bn, ops
+from support.graphs import Builder
+from support.onnx_checks import initializer_array
 
 from bnfold.cli.main import cli
 
@@ -40,7 +42,7 @@ def test_rewrite_standalone_is_exact(rank: int) -> None:
     assert "consumer: Relu" in entry.reason  # the note keeps why it could not fold
     assert ops(folded) == {"Relu": 2, "Mul": 1, "Add": 1}
     mul = next(n for n in folded.graph.node if n.op_type == "Mul")
-    assert init(folded, mul.input[1]).shape == (3,) + (1,) * (rank - 2)
+    assert initializer_array(folded, mul.input[1]).shape == (3,) + (1,) * (rank - 2)
     assert_equivalent(model, folded)
     counts = result.report.counts()["batchnorm"]
     assert counts["rewritten"] == 1 and counts["left"] == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from support.fold_checks import FLOAT, Builder, assert_equivalent, bn_params, fold, ops, run
+from support.fold_checks import assert_equivalent, fold, ops, run
+from support.graphs import FLOAT, Builder, bn_params
 
 
 def _branch(b: Builder, name: str, out: str, pads: list[int]) -> onnx.GraphProto:

@@ -26,24 +26,10 @@ from support.onnx_checks import (  # noqa: E402
     ort_run,
     to_proto,
 )
+from support.torch_helpers import randomise_bn  # noqa: E402
 from torch import nn  # noqa: E402
 
 import bnfold  # noqa: E402
-
-
-def randomise_bn(module: nn.Module, seed: int) -> nn.Module:
-    """Random running mean/var and affine parameters for every BN; eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen))
-                m.running_var.copy_(torch.rand(c, generator=gen) * 2.2 + 0.3)
-                sign = torch.where(torch.rand(c, generator=gen) < 0.5, -1.0, 1.0)
-                m.weight.copy_(sign * (torch.rand(c, generator=gen) * 1.5 + 0.5))
-                m.bias.copy_(torch.randn(c, generator=gen))
-    return module.eval()
 
 
 class ResBlock(nn.Module):

@@ -1,14 +1,13 @@
-"""Graph-building and checking helpers for the ONNX folding tests.
+"""Checking helpers for the ONNX folding tests (graphs are built with :mod:`support.graphs`).
 
-Every BatchNorm built here has randomised γ, β, μ and σ² (the defaults hide bugs), and
-every numeric comparison runs onnxruntime with ``ORT_DISABLE_ALL`` on both sides
+Every numeric comparison runs onnxruntime with ``ORT_DISABLE_ALL`` on both sides
 (onnxruntime fuses Conv+BN itself at its default level, which would hide folding bugs).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,114 +18,7 @@ from onnx import helper, numpy_helper
 
 from bnfold.report import ReportEntry
 
-OPSET = 17
 ModelLike = onnx.ModelProto | ir.Model | bytes | str | os.PathLike[str]
-
-
-# -- random parameters ---------------------------------------------------------------------
-def make_bn_params(
-    c: int, rng: np.random.Generator, dtype: Any = np.float32
-) -> dict[str, np.ndarray]:
-    """Random BN γ, β, μ, σ² (γ of both signs, σ² in [0.3, 2.5])."""
-    sign = rng.choice([-1.0, 1.0], size=c)
-    return {
-        "scale": (sign * rng.uniform(0.5, 2.0, c)).astype(dtype),
-        "bias": rng.normal(0.0, 1.0, c).astype(dtype),
-        "mean": rng.normal(0.0, 1.0, c).astype(dtype),
-        "var": rng.uniform(0.3, 2.5, c).astype(dtype),
-    }
-
-
-def rand(rng: np.random.Generator, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
-    """Normal(0, 0.5) values of ``shape``."""
-    return rng.normal(0.0, 0.5, tuple(shape)).astype(dtype)
-
-
-# -- a tiny graph builder ------------------------------------------------------------------
-class GraphBuilder:
-    """Collects nodes, initializers and I/O; ``build()`` returns a checked ModelProto."""
-
-    def __init__(self, seed: int = 0, dtype: Any = np.float32) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.dtype = np.dtype(dtype)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.outputs: list[onnx.ValueInfoProto] = []
-        self._count = 0
-
-    @property
-    def elem(self) -> int:
-        return helper.np_dtype_to_tensor_dtype(self.dtype)
-
-    def fresh(self, base: str) -> str:
-        self._count += 1
-        return f"{base}{self._count}"
-
-    def input(self, name: str, shape: Sequence[int | str], elem: int | None = None) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, elem or self.elem, list(shape)))
-        return name
-
-    def output(self, name: str, rank: int, elem: int | None = None) -> str:
-        """A graph output of known rank (dims left unknown)."""
-        shape = [None] * rank
-        self.outputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
-        return name
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        """Add an initializer holding ``array`` (as given, no dtype change)."""
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def weight(self, name: str, shape: Sequence[int]) -> str:
-        """A random initializer in the builder's dtype."""
-        return self.const(name, rand(self.rng, shape, self.dtype))
-
-    def node(
-        self,
-        op: str,
-        inputs: Sequence[str],
-        n_out: int = 1,
-        name: str | None = None,
-        outputs: Sequence[str] | None = None,
-        **attrs: Any,
-    ) -> str:
-        """Append a node; returns its first output name."""
-        name = name or self.fresh(op.lower())
-        outs = list(outputs) if outputs is not None else [f"{name}_out{i}" for i in range(n_out)]
-        self.nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
-        return outs[0]
-
-    def bn(
-        self,
-        x: str,
-        c: int,
-        name: str | None = None,
-        params: dict[str, np.ndarray] | None = None,
-        output: str | None = None,
-        extra_outputs: Sequence[str] = (),
-        **attrs: Any,
-    ) -> str:
-        """BatchNormalization with random parameters (or ``params``) over ``c`` channels."""
-        name = name or self.fresh("bn")
-        p = params if params is not None else make_bn_params(c, self.rng, self.dtype)
-        names = [self.const(f"{name}.{k}", p[k]) for k in ("scale", "bias", "mean", "var")]
-        outputs = [output or f"{name}_out0", *extra_outputs]
-        return self.node("BatchNormalization", [x, *names], name=name, outputs=outputs, **attrs)
-
-    def build(self, opset: int = OPSET, ir_version: int = 8, check: bool = True) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, "g", self.inputs, self.outputs, initializer=self.initializers
-        )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", opset)],
-            ir_version=ir_version,
-            producer_name="bnfold-tests",
-        )
-        if check:
-            onnx.checker.check_model(model, full_check=True)
-        return model
 
 
 # -- running and comparing -----------------------------------------------------------------

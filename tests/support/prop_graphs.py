@@ -1,4 +1,4 @@
-"""Random linear-layer → BatchNorm graphs for property tests, built with onnx.helper.
+"""Random linear-layer → BatchNorm graphs for property tests, built with :class:`GraphBuilder`.
 
 A hypothesis strategy draws a :class:`Case` (plain data, printed on failure); ``build``
 turns it into a checked ModelProto plus how many BNs must fold. Random values (weights,
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import onnx
 from hypothesis import strategies as st
-from onnx import helper, numpy_helper
+
+from support.graphs import GraphBuilder
 
 SPATIAL = ("Conv", "ConvTranspose")
 DENSE = ("Gemm", "MatMul")
@@ -185,34 +186,29 @@ class Built:
 
 
 class _Builder:
+    """Draws a case's layers into the one :class:`GraphBuilder` (values from the case's seed)."""
+
     def __init__(self, case: Case) -> None:
         self.case = case
-        self.rng = np.random.default_rng(case.seed)
-        self.dtype = np.dtype(case.dtype)
-        self.elem = helper.np_dtype_to_tensor_dtype(self.dtype)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.outputs: list[onnx.ValueInfoProto] = []
-        self.count = 0
+        self.graph = GraphBuilder(case.seed, np.dtype(case.dtype))
+        self.rng = self.graph.rng
+        self.dtype = self.graph.dtype
         self.must_fold = 0
         self.bns = 0
 
     def name(self, base: str) -> str:
-        self.count += 1
-        return f"{base}{self.count}"
+        return self.graph.fresh(base)
 
     def const(self, base: str, array: np.ndarray) -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(array, self.dtype), name))
-        return name
+        return self.graph.const(self.name(base), np.asarray(array, self.dtype))
 
     def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
         out = self.name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{out}_node", **attrs))
+        self.graph.node(op, inputs, name=f"{out}_node", outputs=[out], **attrs)
         return out
 
     def output(self, name: str, rank: int) -> None:
-        self.outputs.append(helper.make_tensor_value_info(name, self.elem, [None] * rank))
+        self.graph.output(name, rank)
 
     # -- layers ---------------------------------------------------------------------------
     def weights(self, block: Block, c_in: int) -> tuple[list[str], dict[str, Any]]:
@@ -269,9 +265,7 @@ class _Builder:
 
     def dropout(self, x: str) -> str:
         if self.rng.integers(2):
-            ratio = numpy_helper.from_array(np.array(0.3, self.dtype), self.name("ratio"))
-            self.inits.append(ratio)
-            return self.node("Dropout", [x, ratio.name])
+            return self.node("Dropout", [x, self.const("ratio", np.array(0.3))])
         return self.node("Dropout", [x])
 
     def block(self, block: Block, x: str, c_in: int, rank: int) -> str:
@@ -309,14 +303,8 @@ def build(case: Case) -> Built:
         if block.op in SPATIAL:
             size = _spatial_out(block, size)
     b.output(x, len(size) + 2 + (1 if case.tokens else 0))
-    graph = helper.make_graph(
-        b.nodes,
-        "prop",
-        [helper.make_tensor_value_info("x", b.elem, [batch, *dims])],
-        b.outputs[::-1],
-        b.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
+    g = b.graph
+    g.input("x", [batch, *dims])
+    g.outputs.reverse()
+    model = g.build(case.opset, graph_name="prop", producer_name=None)
     return Built(model, (case.batch, *dims), b.must_fold, b.bns)
