@@ -21,10 +21,8 @@ def bn_in_training(node: ir.Node, default_opset: int) -> bool:
     """True when a BatchNormalization node normalises with batch statistics."""
     opset = node.version or default_opset
     if opset < 7:
-        is_test = node.attributes.get("is_test")
-        return is_test is None or is_test.as_int() == 0
-    mode = node.attributes.get("training_mode")
-    return mode is not None and mode.as_int() != 0
+        return node.attributes.get_int("is_test", 0) == 0
+    return node.attributes.get_int("training_mode", 0) != 0
 
 
 def set_bn_inference(node: ir.Node, default_opset: int) -> bool:
@@ -43,9 +41,9 @@ def set_bn_inference(node: ir.Node, default_opset: int) -> bool:
 def set_dropout_inference(node: ir.Node, default_opset: int) -> bool:
     """Make a Dropout the identity at inference; True when it could be in training mode."""
     if (node.version or default_opset) < 7:
-        is_test = node.attributes.get("is_test")
+        was_training = node.attributes.get_int("is_test", 0) == 0
         node.attributes["is_test"] = ir.AttrInt64("is_test", 1)
-        return is_test is None or is_test.as_int() == 0
+        return was_training
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         node.resize_inputs(2)
         return True

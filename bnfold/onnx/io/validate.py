@@ -161,8 +161,7 @@ def check_batchnorm(node: ir.Node, label: str) -> None:
         arr = constant_array(value, allow_graph_inputs=True)
         if arr is not None:
             arrays[what] = np.asarray(arr)
-    spatial = node.attributes.get("spatial")
-    if spatial is not None and spatial.as_int() == 0:
+    if node.attributes.get_int("spatial", 1) == 0:
         return _check_finite_params(arrays, where)  # per-activation layout (opset < 9)
     for what, arr in arrays.items():
         if arr.ndim != 1:
@@ -177,9 +176,8 @@ def check_batchnorm(node: ir.Node, label: str) -> None:
         raise ModelLoadError(f"{where}: parameter lengths do not match ({got}{expect})")
     _check_finite_params(arrays, where)
     if "var" in arrays:
-        eps_attr = node.attributes.get("epsilon")
         # ONNX stores ε as float32; the default 1e-5 too (9.99999974e-06)
-        eps = np.float64(np.float32(eps_attr.as_float() if eps_attr is not None else 1e-5))
+        eps = np.float64(np.float32(node.attributes.get_float("epsilon", 1e-5)))
         var = arrays["var"].astype(np.float64)
         bad = np.flatnonzero(var + eps <= 0)
         if bad.size:
@@ -245,9 +243,8 @@ def _input_channels(node: ir.Node) -> int | None:
         return None
     if is_onnx_op(producer, "Conv"):
         return int(w.shape[0])
-    group = producer.attributes.get("group")
     dim = w.shape[1]
-    return int(dim) * (group.as_int() if group is not None else 1) if isinstance(dim, int) else None
+    return int(dim) * producer.attributes.get_int("group", 1) if isinstance(dim, int) else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -71,8 +71,7 @@ class AbsorbIdentityTermPass(BnfoldPass):
         w = constant_array(conv.inputs[1], allow_graph_inputs=allow)
         if w is None or w.ndim < 3:
             return None
-        group = conv.attributes.get("group")
-        g = group.as_int() if group is not None else 1
+        g = conv.attributes.get_int("group", 1)
         if w.shape[1] * g != w.shape[0]:
             return None
         tap = identity_tap(conv, tuple(int(k) for k in w.shape[2:]))

@@ -216,10 +216,8 @@ def _metadata_only(node: ir.Node) -> np.ndarray | None:
         shape = _static_shape(node.inputs[0])
         if shape is None:
             return None
-        start = node.attributes.get("start")
-        end = node.attributes.get("end")
-        lo = start.as_int() if start is not None else 0
-        hi = end.as_int() if end is not None else len(shape)
+        lo = node.attributes.get_int("start", 0)
+        hi = node.attributes.get_int("end", len(shape))
         return np.array(shape[slice(lo, hi)], dtype=np.int64)
     if is_onnx_op(node, "CastLike") and len(node.inputs) == 2:
         src, like = node.inputs

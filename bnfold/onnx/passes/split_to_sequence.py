@@ -56,8 +56,7 @@ class SequenceSplitToSplitPass(BnfoldPass):
         return (sizes.astype(np.int64), reads) if reads else None
 
     def rewrite(self, node: ir.Node, sizes: np.ndarray, reads: list[tuple[ir.Node, int]]) -> None:
-        axis_attr = node.attributes.get("axis")
-        axis = axis_attr.as_int() if axis_attr is not None else 0
+        axis = node.attributes.get_int("axis", 0)
         opset = node_opset(node, self.ctx.model)
         base = node.name or node.outputs[0].name or "split"
         inputs: list[ir.Value | None] = [node.inputs[0]]

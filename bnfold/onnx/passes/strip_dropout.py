@@ -51,8 +51,7 @@ class StripDropoutPass(BnfoldPass):
     def training_mode(self, node: ir.Node) -> bool | None:
         """True/False when known; None when it is decided at run time."""
         if self.opset(node) < 7:
-            is_test = node.attributes.get("is_test")
-            return not (is_test is not None and is_test.as_int() != 0)
+            return node.attributes.get_int("is_test", 0) == 0
         if self.opset(node) < 12 or len(node.inputs) < 3 or node.inputs[2] is None:
             return False
         flag = constant_array(node.inputs[2])

@@ -134,8 +134,7 @@ def reshape_output_dims(node: ir.Node) -> list[int | None] | None:
     in_dims = static_dims(node.inputs[0])
     if shape is None or in_dims is None:
         return None
-    allow_zero = node.attributes.get("allowzero")
-    zero_copies = allow_zero is None or allow_zero.as_int() == 0
+    zero_copies = node.attributes.get_int("allowzero", 0) == 0
     out: list[int | None] = []
     for i, d in enumerate(int(v) for v in np.asarray(shape).reshape(-1)):
         if d == 0 and zero_copies:

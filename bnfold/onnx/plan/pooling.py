@@ -65,21 +65,19 @@ def map_forward(
 
 def window_reason(node: ir.Node, name: str) -> str | None:
     """None when every AveragePool/MaxPool window pools input elements only (padding unused)."""
-    ceil = node.attributes.get("ceil_mode")
-    if ceil is not None and ceil.as_int():
+    if node.attributes.get_int("ceil_mode", 0):
         return f"{name} has ceil_mode=1; its extra windows can start in the padding"
     mode, pads = padding_of(node)
     if mode == "VALID" or (mode == "NOTSET" and not any(pads)):
         return None
     padding = f"auto_pad={mode}" if mode != "NOTSET" else f"padding {pads}"
-    counted = node.attributes.get("count_include_pad")
-    if is_onnx_op(node, "AveragePool") and counted is not None and counted.as_int():
+    counted = node.attributes.get_int("count_include_pad", 0)
+    if is_onnx_op(node, "AveragePool") and counted:
         return (
             f"{name} has {padding} counted in its averages (count_include_pad=1); padding "
             "inserts zeros, not the BN shift"
         )
-    dilations = node.attributes.get("dilations")
-    if dilations is not None and any(d != 1 for d in dilations.as_ints()):
+    if any(d != 1 for d in node.attributes.get_ints("dilations", [])):
         return f"{name} has {padding} and dilations; a window might hold padding only"
     kernel_attr = node.attributes.get("kernel_shape")
     if kernel_attr is None:
@@ -107,11 +105,9 @@ def _reduce_mean_axis(ctx: FoldContext, node: ir.Node, axis: int, name: str) -> 
             return why_not_constant(axes_input, f"{name} axes", allow_graph_inputs=allow)
         axes = [int(a) for a in np.asarray(arr).reshape(-1)]
     else:
-        attr = node.attributes.get("axes")
-        axes = [int(a) for a in attr.as_ints()] if attr is not None else []
+        axes = [int(a) for a in node.attributes.get_ints("axes", [])]
     if not axes:
-        noop = node.attributes.get("noop_with_empty_axes")
-        if noop is not None and noop.as_int():
+        if node.attributes.get_int("noop_with_empty_axes", 0):
             return axis  # the identity
         return f"{name} averages over every axis, the channel axis {axis} included"
     dims = static_dims(node.inputs[0])
@@ -121,7 +117,6 @@ def _reduce_mean_axis(ctx: FoldContext, node: ir.Node, axis: int, name: str) -> 
     resolved = {a + rank if a < 0 else a for a in axes}
     if axis in resolved:
         return f"{name} averages over axis {axis}, which carries the BN channels"
-    keepdims = node.attributes.get("keepdims")
-    if keepdims is None or keepdims.as_int():
+    if node.attributes.get_int("keepdims", 1):
         return axis
     return axis - sum(1 for a in resolved if a < axis)
