@@ -8,13 +8,11 @@ benchmarks (it needs torch, so it is imported only where asked for).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bnfold.equivalence.result import VerifyResult
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["assert_equivalent"]
 

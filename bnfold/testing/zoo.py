@@ -19,7 +19,6 @@ whose output is also used elsewhere, data-dependent Python control flow, untrack
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -27,8 +26,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 Example = tuple[nn.Module, tuple[torch.Tensor, ...]]
 IMG = (1, 3, 64, 64)
