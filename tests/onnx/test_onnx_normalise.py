@@ -189,3 +189,33 @@ def test_constant_of_foreign_domain_is_not_treated_as_constant() -> None:
     result = bnfold.fold(model)
     assert entry(result.report, "bn").status == "left"
     assert "computed at run time" in (entry(result.report, "bn").reason or "")
+
+
+def test_regression_scalar_constant_became_rank_1_and_broke_a_concat() -> None:
+    """EfficientViT (legacy export): Mod of scalar Constants → Unsqueeze → Concat.
+
+    The folded scalar was stored 1-d, so its Unsqueeze gave [[0]] beside [0]s and
+    onnxruntime refused the model: "All inputs to Concat must have same rank".
+    """
+    b = GraphBuilder(seed=0)
+    x = b.input("x", [1, 4, 7, 7])
+    seven = b.node("Constant", [], name="c7", value=numpy_helper.from_array(np.array(7, np.int64)))
+    fourteen = b.node(
+        "Constant", [], name="c14", value=numpy_helper.from_array(np.array(14, np.int64))
+    )
+    rem = b.node("Mod", [fourteen, seven], name="mod")  # scalar 0
+    axes = b.const("axes", np.array([0], np.int64))
+    first = b.node("Unsqueeze", [rem, axes], name="u0")
+    rest = b.const("rest", np.array([4, 49], np.int64))
+    shape = b.node("Concat", [first, rest], name="shape", axis=0)
+    shape = b.node("Add", [shape, b.const("one", np.array([1, 0, 0], np.int64))], name="plus")
+    y = b.node("Conv", [x, b.weight("w", [4, 4, 1, 1])], name="conv")
+    y = b.bn(y, 4, name="bn")
+    b.node("Reshape", [y, shape], name="flat", outputs=["y"])
+    b.output("y", 3)
+    model = b.build()
+    folded = bnfold.fold(model).model
+    onnx.checker.check_model(folded, full_check=True)
+    consts = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert all(a.ndim == 1 for name, a in consts.items() if "u0" in name or "mod" in name)
+    assert_equivalent(model, folded)

@@ -151,7 +151,10 @@ class FoldConstantsPass(BnfoldPass):
             dtype = out.dtype
             if dtype is not None and np.dtype(dtype.numpy()) != arr.dtype:
                 arr = arr.astype(dtype.numpy())
-            const = self.ctx.new_constant(node, np.ascontiguousarray(arr), out.name or "const")
+            # np.require keeps a 0-d result 0-d (np.ascontiguousarray would make it 1-d)
+            const = self.ctx.new_constant(
+                node, np.require(arr, requirements="C"), out.name or "const"
+            )
             replace_output(out, const)
         assert node.graph is not None
         node.graph.remove(node, safe=True)
