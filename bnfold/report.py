@@ -6,7 +6,7 @@ import dataclasses
 from collections import Counter
 from typing import Any, Literal
 
-Status = Literal["folded", "removed", "rewritten", "left"]
+Status = Literal["folded", "removed", "rewritten", "left", "kept"]
 
 DROPOUT_KINDS = frozenset({"Dropout"})
 
@@ -57,8 +57,13 @@ class FoldReport:
     def left(self) -> list[ReportEntry]:
         return [e for e in self.entries if e.status == "left"]
 
+    @property
+    def kept(self) -> list[ReportEntry]:
+        """Nodes left alone because the user asked (``keep`` / ``keep_dropout``)."""
+        return [e for e in self.entries if e.status == "kept"]
+
     def counts(self) -> dict[str, dict[str, int]]:
-        """{"batchnorm": {"found", "folded", "rewritten", "left"}, "dropout": {...}}."""
+        """{"batchnorm": {"found", "folded", "rewritten", "left", "kept"}, "dropout": {...}}."""
         out: dict[str, dict[str, int]] = {}
         for label, group in (("batchnorm", self.batchnorms), ("dropout", self.dropouts)):
             c = Counter(e.status for e in group)
@@ -78,17 +83,25 @@ class FoldReport:
         bn, dr = c["batchnorm"], c["dropout"]
         lines = [
             f"BatchNorm: {bn['found']} found, {bn['folded']} folded, "
-            f"{bn['rewritten']} rewritten, {bn['left']} left",
-            f"Dropout:   {dr['found']} found, {dr['removed']} removed, {dr['left']} left",
+            f"{bn['rewritten']} rewritten, {bn['left']} left" + _kept_note(bn),
+            f"Dropout:   {dr['found']} found, {dr['removed']} removed, {dr['left']} left"
+            + _kept_note(dr),
         ]
         for e in self.left:
             where = f"{e.scope}/" if e.scope else ""
             lines.append(f"  left {e.kind} {where}{e.name}: {e.reason}")
+        for e in self.kept:
+            where = f"{e.scope}/" if e.scope else ""
+            lines.append(f"  kept {e.kind} {where}{e.name}: {e.reason}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
 _STATUSES = {
-    "batchnorm": ("folded", "rewritten", "left"),
-    "dropout": ("removed", "left"),
+    "batchnorm": ("folded", "rewritten", "left", "kept"),
+    "dropout": ("removed", "left", "kept"),
 }
+
+
+def _kept_note(counts: dict[str, int]) -> str:
+    return f", {counts['kept']} kept by request" if counts.get("kept") else ""

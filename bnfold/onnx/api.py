@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import InputError, ModelLoadError, OutputError
+from bnfold.keep import KeepList
 from bnfold.onnx.context import FoldOptions
 from bnfold.onnx.io import files as io
 from bnfold.onnx.pipeline import SHAPES_INFERRED, run_pipeline
@@ -68,11 +69,17 @@ def fold_onnx(
     assume_eval: bool = False,
     rewrite_standalone: bool = False,
     max_iterations: int = 20,
+    keep: Iterable[str] | str | None = None,
+    keep_dropout: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> OnnxFoldResult:
     """Fold every foldable BatchNorm and strip inference Dropout.
 
     ``rewrite_standalone`` also turns BN that fold nowhere into Mul/Add (slower in
-    onnxruntime CPU, so off by default).
+    onnxruntime CPU, so off by default). ``keep`` (fnmatch globs on node names) and
+    ``keep_dropout`` leave those BN/Dropout nodes as they are; the report lists them
+    as ``kept`` ("kept by request"). ``progress(stage)`` is called as the ``"load"`` and
+    ``"fold"`` stages start.
 
     ``model`` may be a path, serialized bytes, an ``onnx.ModelProto`` or an
     ``onnx_ir.Model``; the input is never modified (onnx-ir input is cloned).
@@ -82,8 +89,13 @@ def fold_onnx(
         assume_eval=assume_eval,
         rewrite_standalone=rewrite_standalone,
         max_iterations=max_iterations,
+        keep=KeepList.of(keep, keep_dropout),
     )
+    if progress is not None:
+        progress("load")
     ir_model, kind, source_path = _to_ir(model)
+    if progress is not None:
+        progress("fold")
     report = run_pipeline(ir_model, options)
     return OnnxFoldResult(ir_model, report, kind, source_path)
 

@@ -69,10 +69,13 @@ def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
 def frozen_batchnorms(ctx: FoldContext, *, record: bool = False) -> Iterator[FrozenBatchNorm]:
     """Every readable BN still in the model, over a snapshot that tolerates removals.
 
-    ``record`` notes why an unreadable BN cannot fold (the first fold pass does this).
+    BNs the user asked to keep are never yielded. ``record`` notes why an unreadable BN
+    cannot fold (the first fold pass does this).
     """
     for node in ctx.all_nodes():
         if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
+            continue
+        if ctx.kept(node):
             continue
         bn = read_batchnorm(ctx, node)
         if isinstance(bn, str):

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
+from bnfold.keep import KEPT_REASON, KeepList, unused_warning
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.walk import walk_graphs
 from bnfold.report import FoldReport, ReportEntry
@@ -26,6 +27,7 @@ class FoldOptions:
     assume_eval: bool = False  # treat training-mode BN/Dropout as inference
     rewrite_standalone: bool = False  # BN that folds nowhere → Mul/Add (slower in ORT CPU)
     max_iterations: int = 20
+    keep: KeepList = dataclasses.field(default_factory=KeepList)  # nodes left as they are
 
 
 @dataclasses.dataclass
@@ -53,6 +55,7 @@ class FoldContext:
         self._function_graphs: set[int] = set()
         self._graphs: list[tuple[ir.Graph | ir.Function, str]] | None = None
         self._scan()
+        self._mark_kept()
         if model.ir_version < 4 and not self.options.allow_graph_input_params:
             # IR 3 *requires* every initializer to be listed as a graph input: that is the
             # format, not a request to override weights at run time.
@@ -61,6 +64,30 @@ class FoldContext:
                 f"IR version {model.ir_version}: initializers listed as graph inputs (required "
                 "by that format) are treated as constants"
             )
+
+    # -- keep-lists -------------------------------------------------------------------
+    def kept(self, node: ir.Node) -> bool:
+        """True for a BN/Dropout the user asked to keep: no pass may fold or remove it.
+
+        Every pass picks its BN through ``batchnorm.frozen_batchnorms`` (or checks this
+        directly), so the keep-list is honoured in one place.
+        """
+        tracked = self._tracked.get(id(node))
+        return tracked is not None and tracked.status == "kept"
+
+    def _mark_kept(self) -> None:
+        keep = self.options.keep
+        if not keep:
+            return
+        names = []
+        for t in self._tracked.values():
+            aliases = _aliases(t)
+            names.extend(aliases)
+            if keep.keeps(aliases, is_dropout=t.kind == "Dropout"):
+                t.status, t.reason = "kept", KEPT_REASON
+        unused = keep.unused(names)
+        if unused:
+            self.report.warn(unused_warning(unused))
 
     # -- graph walking ---------------------------------------------------------------
     def all_graphs(self) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
@@ -164,6 +191,8 @@ class FoldContext:
         tracked = self._tracked.get(id(node))
         if tracked is None:
             return
+        if tracked.status == "kept":  # a pass that forgot ctx.kept(): fail loudly in tests
+            raise AssertionError(f"{tracked.name} is kept by request but a pass changed it")
         tracked.status, tracked.into, tracked.pattern = status, into, pattern
         tracked.reason = note
 
@@ -190,6 +219,14 @@ class FoldContext:
                 )
             )
         return report
+
+
+def _aliases(t: _Tracked) -> list[str]:
+    """Names a keep pattern may match: the node name and, in a subgraph, ``scope/name``."""
+    names = [t.name]
+    if t.scope:
+        names.append(f"{t.scope}/{t.name}")
+    return names
 
 
 def display_name(node: ir.Node) -> str:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def explain_left(ctx: FoldContext) -> None:
     """Record a two-sided reason for every BN still in the model."""
     for node in ctx.all_nodes():
-        if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
+        if node.graph is None or not is_onnx_op(node, "BatchNormalization") or ctx.kept(node):
             continue
         bn = read_batchnorm(ctx, node)
         if isinstance(bn, str):

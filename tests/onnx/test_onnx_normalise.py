@@ -54,6 +54,7 @@ def test_identity_of_shared_initializers_is_eliminated() -> None:
         "folded": 2,
         "rewritten": 0,
         "left": 0,
+        "kept": 0,
     }
     assert_hygiene(model, result.model)
     assert_equivalent(model, result.model)

@@ -35,6 +35,8 @@ class AbsorbIdentityTermPass(BnfoldPass):
         for node in all_nodes(model):
             if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
                 continue
+            if self.ctx.kept(node):
+                continue
             x = node.inputs[0]
             top = x.producer() if x is not None else None
             if top is None or not is_onnx_op(top, "Add") or len(top.inputs) != 2:

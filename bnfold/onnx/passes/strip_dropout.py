@@ -17,7 +17,7 @@ class StripDropoutPass(BnfoldPass):
     def run(self, model: ir.Model) -> bool:
         modified = False
         for node in all_nodes(model):
-            if node.graph is None or not is_onnx_op(node, "Dropout"):
+            if node.graph is None or not is_onnx_op(node, "Dropout") or self.ctx.kept(node):
                 continue
             reason = self.check(node)
             if reason is not None:
