@@ -72,6 +72,8 @@ def fold_onnx(
     keep: Iterable[str] | str | None = None,
     keep_dropout: bool = False,
     progress: Callable[[str], None] | None = None,
+    requantize: bool = False,
+    quantize_bias: bool = False,
 ) -> OnnxFoldResult:
     """Fold every foldable BatchNorm and strip inference Dropout.
 
@@ -80,6 +82,12 @@ def fold_onnx(
     ``keep_dropout`` leave those BN/Dropout nodes as they are; the report lists them
     as ``kept`` ("kept by request"). ``progress(stage)`` is called as the ``"load"`` and
     ``"fold"`` stages start.
+
+    Quantized (QDQ) models: a BN after a layer whose weight is behind a DequantizeLinear
+    folds exactly into the weight's scales (the integer weights stay). ``requantize`` also
+    folds BN between quantization pairs (``layer → Q → DQ → BN → Q → DQ``), dropping the
+    inner pair: one rounding step fewer, so not exact. ``quantize_bias`` re-quantizes the
+    folded biases to int32 (not bit-exact) instead of keeping them float.
 
     ``model`` may be a path, serialized bytes, an ``onnx.ModelProto`` or an
     ``onnx_ir.Model``; the input is never modified (onnx-ir input is cloned).
@@ -90,6 +98,8 @@ def fold_onnx(
         rewrite_standalone=rewrite_standalone,
         max_iterations=max_iterations,
         keep=KeepList.of(keep, keep_dropout),
+        requantize=requantize,
+        quantize_bias=quantize_bias,
     )
     if progress is not None:
         progress("load")

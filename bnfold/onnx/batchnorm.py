@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import foldmath, patterns
-from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
+from bnfold.onnx.constants import constant_array, dequantized, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext
 from bnfold.onnx.eval_mode import bn_in_training
 from bnfold.onnx.walk import node_opset
@@ -51,6 +51,8 @@ def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
     for index, what in _PARAMS:
         value = node.inputs[index]
         arr = constant_array(value, allow_graph_inputs=allow)
+        if arr is None:
+            arr = dequantized(value)  # quantizers also quantize BN's γ and β
         if arr is None:
             return why_not_constant(value, f"BN {what}", allow_graph_inputs=allow)
         arrays[what] = np.asarray(arr).astype(np.float64)

@@ -108,3 +108,51 @@ def _constant_node_array(node: ir.Node) -> np.ndarray | None:
             return np.array(attr.as_int(), dtype=np.int64)
         return np.array(list(attr.as_ints()), dtype=np.int64)
     return None
+
+
+def dequantizer(value: ir.Value | None) -> ir.Node | None:
+    """The standard DequantizeLinear producing ``value``, if any."""
+    producer = value.producer() if value is not None else None
+    if producer is not None and is_onnx_op(producer, "DequantizeLinear"):
+        return producer
+    return None
+
+
+def dequantized(value: ir.Value | None) -> np.ndarray | None:
+    """``(q − zp)·scale`` in float64 for a DequantizeLinear of constants, else None."""
+    dq = dequantizer(value)
+    if dq is None:
+        return None
+    read = read_dequantize(dq)
+    if isinstance(read, str):
+        return None
+    q, scale, zp, axis = read
+    if axis is None:
+        return (q.astype(np.float64) - zp.astype(np.float64)) * scale.astype(np.float64)
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    diff = q.astype(np.float64) - zp.astype(np.float64).reshape(shape)
+    return diff * scale.astype(np.float64).reshape(shape)
+
+
+def read_dequantize(dq: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None] | str:
+    """(q, scale, zero point, axis or None) of a DequantizeLinear of constants, or why not."""
+    if len(dq.inputs) < 2:
+        return "DequantizeLinear is missing inputs"
+    q = constant_array(dq.inputs[0])
+    scale = constant_array(dq.inputs[1])
+    if q is None or scale is None:
+        return f"DequantizeLinear '{dq.name or dq.op_type}' reads a value computed at run time"
+    zp_value = dq.inputs[2] if len(dq.inputs) > 2 else None
+    zp = constant_array(zp_value) if zp_value is not None else np.zeros(scale.shape, q.dtype)
+    if zp is None:
+        return f"DequantizeLinear '{dq.name or dq.op_type}' has a computed zero point"
+    if "block_size" in dq.attributes and dq.attributes.get_int("block_size", 0):
+        return f"DequantizeLinear '{dq.name or dq.op_type}' is blocked (block_size)"
+    if scale.size == 1:
+        return q, scale.reshape(()), zp.reshape(()), None
+    axis = dq.attributes.get_int("axis", 1)
+    axis = axis % q.ndim if q.ndim else 0
+    if scale.ndim != 1 or q.ndim == 0 or q.shape[axis] != scale.shape[0]:
+        return f"DequantizeLinear '{dq.name or dq.op_type}' has scale shape {tuple(scale.shape)}"
+    return q, scale, zp.reshape(scale.shape), axis

@@ -27,6 +27,8 @@ class FoldOptions:
     assume_eval: bool = False  # treat training-mode BN/Dropout as inference
     rewrite_standalone: bool = False  # BN that folds nowhere → Mul/Add (slower in ORT CPU)
     max_iterations: int = 20
+    requantize: bool = False  # fold BN between Q/DQ pairs, dropping the inner pair (not exact)
+    quantize_bias: bool = False  # re-quantize folded biases to int32 (not bit-exact)
     keep: KeepList = dataclasses.field(default_factory=KeepList)  # nodes left as they are
 
 

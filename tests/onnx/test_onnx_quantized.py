@@ -7,9 +7,6 @@ statistics) exported by the dynamo exporter with ``optimize=False`` and quantize
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -24,64 +21,20 @@ from click.testing import CliRunner  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from support.graphs import GraphBuilder  # noqa: E402
 from support.onnx_checks import assert_equivalent, assert_left, op_count  # noqa: E402
-from support.torch_helpers import randomise_bn  # noqa: E402
-from torch import nn  # noqa: E402
+from support.quantized_models import export_small_cnn, quantize  # noqa: E402
 
 import bnfold  # noqa: E402
 from bnfold.cli.main import cli  # noqa: E402
 from bnfold.onnx.context import FoldContext  # noqa: E402
 from bnfold.onnx.passes.fold_constants import FoldConstantsPass  # noqa: E402
 
-SHAPE = (1, 3, 8, 8)
 _QUANTIZED = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.b1 = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.b2 = nn.BatchNorm2d(8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(y)))
-
-
-class _Reader(quantization.CalibrationDataReader):  # type: ignore[misc]
-    def __init__(self) -> None:
-        rng = np.random.default_rng(0)
-        self._feeds = iter([{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(4)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
-
-
 @pytest.fixture(scope="module")
 def float_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("qdq") / "cnn.onnx"
-    module = randomise_bn(SmallCNN(), seed=5)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (torch.randn(SHAPE),), str(path), input_names=["x"], dynamo=True, optimize=False
-        )
-    return path
-
-
-def quantize(src: Path, dst: Path, per_channel: bool, **kwargs: object) -> Path:
-    """``quantize_static``, QDQ format (not ``quant_pre_process``: it fails on dynamo exports)."""
-    quantization.quantize_static(
-        str(src),
-        str(dst),
-        _Reader(),
-        quant_format=quantization.QuantFormat.QDQ,
-        per_channel=per_channel,
-        **kwargs,
-    )
-    return dst
+    return export_small_cnn(tmp_path_factory.mktemp("qdq") / "cnn.onnx")
 
 
 def _quantized_initializers(model: onnx.ModelProto) -> dict[str, bytes]:

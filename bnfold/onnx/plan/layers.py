@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.context import FoldContext, display_name
-from bnfold.onnx.plan import conv, conv_transpose, gemm, matmul
+from bnfold.onnx.plan import conv, conv_transpose, gemm, matmul, quantized, quantized_layers
 from bnfold.onnx.plan.plan import Plan
 
 ADAPTERS: dict[str, ModuleType] = {
@@ -94,6 +94,11 @@ def plan_layer_output(
             f"the per-channel axis ({axis}) is not the feature axis ({feat}) of "
             f"{layer.op_type} '{display_name(layer)}'"
         )
+    weight = quantized.quantized_weight(layer)
+    if isinstance(weight, str):
+        return weight
+    if weight is not None:
+        return quantized_layers.fold_output(ctx, layer, weight, scale, shift)
     return ADAPTERS[layer.op_type].fold_output(ctx, layer, scale, shift, bias_add)
 
 

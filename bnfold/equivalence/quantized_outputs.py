@@ -1,0 +1,48 @@
+"""Tolerances in quantization steps for outputs that a DequantizeLinear produces.
+
+A requantizing fold (``--requantize``) drops one rounding step, so its outputs may move by
+a few steps of the output's quantization scale; they are judged against
+``QUANTIZED_STEPS × scale`` instead of float tolerances.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+QUANTIZED_STEPS = 3
+_PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+
+
+def output_step_tolerances(
+    model: str | os.PathLike[str] | onnx.ModelProto, steps: int = QUANTIZED_STEPS
+) -> dict[str, dict[str, float]]:
+    """``{output: {"atol": steps·scale}}`` for each output a per-tensor DequantizeLinear makes."""
+    proto = (
+        model
+        if isinstance(model, onnx.ModelProto)
+        else onnx.load(os.fspath(model), load_external_data=False)
+    )
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            constants[node.output[0]] = node.attribute[0].t
+    found: dict[str, dict[str, float]] = {}
+    for output in graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+            continue
+        tensor = constants.get(node.input[1])
+        if tensor is None:
+            continue
+        scale = np.asarray(numpy_helper.to_array(tensor), dtype=np.float64)
+        if scale.size == 1 and np.isfinite(scale).all():
+            found[output.name] = {"atol": steps * float(scale.reshape(-1)[0]), "rtol": 0.0}
+    return found
