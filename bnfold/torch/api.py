@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from bnfold.errors import InputError, NotEquivalentError
+from bnfold.keep import KeepList
 from bnfold.report import FoldReport, ReportEntry
 from bnfold.torch.adjacency_fold import plan_adjacency_folds, set_module
 from bnfold.torch.compare import Reference, TorchComparison
@@ -30,6 +32,7 @@ from bnfold.torch.dropout import (
     strip_dropout_modules,
 )
 from bnfold.torch.fx_fold import GraphFolder, Outcome
+from bnfold.torch.keep import finish_kept, mark_kept
 from bnfold.torch.recording import record
 from bnfold.torch.registry import is_batchnorm_like
 from bnfold.torch.tracing import Region, find_regions, validate_regions
@@ -73,19 +76,27 @@ def fold_module(
     strict: bool = False,
     rtol: float = 1e-4,
     atol: float = 1e-6,
+    keep: Sequence[str] | str | None = None,
+    keep_dropout: bool = False,
 ) -> TorchFoldResult:
     """Fold BatchNorm into Conv/ConvTranspose/Linear and remove Dropout in a copy of ``module``.
 
     ``example_inputs`` (a tensor or a tuple of positional arguments) enables shape-proven folds
     (Linear→BN, layout ops, consumer folds), the adjacency fallback for code torch.fx cannot
     trace, and verification. With ``strict=True`` a final mismatch raises NotEquivalentError.
+    ``keep`` (fnmatch globs on module qualified names / fx node names) and ``keep_dropout``
+    leave those BN/Dropout as they are, reported as ``kept`` ("kept by request").
     """
     if not isinstance(module, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(module).__name__}")
     inputs = _as_tuple(example_inputs)
-    return _Folder(module, inputs, verify=verify, adjacency=adjacency, rtol=rtol, atol=atol).run(
-        strict
-    )
+    keep_list = KeepList.of(keep, keep_dropout)
+    folder = _Folder(module, inputs, verify=verify, adjacency=adjacency, rtol=rtol, atol=atol)
+    folder.keep = keep_list
+    mark_kept(folder.model, keep_list)
+    result = folder.run(strict)
+    finish_kept(result.model, result.report, keep_list)
+    return result
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...] | None:
@@ -109,6 +120,8 @@ def install(root: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 class _Folder:
+    keep = KeepList()  # set by fold_module: BN/Dropout left as they are
+
     def __init__(
         self,
         module: nn.Module,
@@ -155,7 +168,7 @@ class _Folder:
         for region in regions:
             gm = region.gm
             entries: list[ReportEntry] = []
-            changed = remove_functional_dropout(gm, region.path, entries)
+            changed = remove_functional_dropout(gm, region.path, entries, self.keep)
             changed |= remove_identity_nodes(gm)
             folder = GraphFolder(gm, region.path, region.shapes if self.ref else None)
             try:

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from bnfold.keep import KEPT_REASON, KeepList
 from bnfold.report import ReportEntry
+from bnfold.torch.keep import is_kept
 
 _DROPOUT_CLASSES: set[type[nn.Module]] = {nn.modules.dropout._DropoutNd}
 _NAME_HINTS = ("dropout", "droppath", "drop_path", "stochasticdepth", "dropblock")
@@ -65,6 +67,8 @@ def _trusted(module: nn.Module) -> bool:
 
 def removal_reason(module: nn.Module) -> str | None:
     """None when ``module`` is the identity at inference, else why it must stay."""
+    if is_kept(module):
+        return KEPT_REASON
     if module.training:
         return "module is in training mode"
     if _trusted(module):
@@ -111,14 +115,22 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def remove_functional_dropout(gm: fx.GraphModule, scope: str, entries: list[ReportEntry]) -> bool:
-    """Drop ``F.dropout``-style nodes whose ``training`` argument is False; report the rest."""
+def remove_functional_dropout(
+    gm: fx.GraphModule, scope: str, entries: list[ReportEntry], keep: KeepList | None = None
+) -> bool:
+    """Drop ``F.dropout``-style nodes whose ``training`` argument is False; report the rest.
+
+    Calls that ``keep`` names (by fx node name, or all with ``keep_dropout``) stay.
+    """
     changed = False
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in FUNCTIONAL_DROPOUT:
             continue
         name = f"{scope}.{node.name}" if scope else node.name
         kind = f"F.{getattr(node.target, '__name__', 'dropout')}"
+        if keep and keep.keeps([name, node.name], is_dropout=True):
+            entries.append(ReportEntry(name, kind, "kept", reason=KEPT_REASON, scope=scope))
+            continue
         training = _training_arg(node)
         if training is False:
             node.replace_all_uses_with(node.args[0] if node.args else node.kwargs["input"])

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from bnfold.foldmath import bn_scale_shift, check_bn_params
+from bnfold.keep import KEPT_REASON
+from bnfold.torch.keep import is_kept
 
 _PROBE_SHAPES = {1: [(5, 0), (3, 0, 4)], 2: [(2, 0, 3, 3)], 3: [(2, 0, 2, 3, 3)]}
 _ANY_RANK = [(2, 0, 3, 3), (5, 0), (3, 0, 4), (2, 0, 2, 3, 3)]
@@ -156,8 +158,11 @@ def _looks_like_frozen_bn(module: nn.Module) -> bool:
 def match_batchnorm(module: nn.Module) -> BNMatch | None:
     """Recognise ``module`` as BatchNorm and decide what folding it leaves behind.
 
-    Returns None for modules that are not BatchNorm-like at all.
+    Returns None for modules that are not BatchNorm-like at all; a BN the user asked to
+    keep matches with the reason "kept by request".
     """
+    if is_kept(module):
+        return BNMatch(module, None, None, KEPT_REASON) if is_batchnorm_like(module) else None
     spec = _registered_base(module)
     if spec is not None and _same_forward(module, spec.cls):
         params = spec.params(module)
