@@ -8,6 +8,7 @@ and ints; no onnx, torch or click imports (like ``foldmath``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,12 +59,100 @@ def identity_tap(
     """
     if any(s != 1 for s in strides):
         return None
+    return aligned_tap(kernel, dilations, begins, ends)
+
+
+def aligned_tap(
+    kernel: Sequence[int],
+    dilations: Sequence[int],
+    begins: Sequence[int],
+    ends: Sequence[int],
+) -> tuple[int, ...] | None:
+    """The kernel index that reads input ``stride·p`` for output p, at any stride.
+
+    Needs padding whose total equals the dilated kernel extent: then the Conv's output has
+    the size of an unpadded 1×1 Conv's with the same stride, and both read the same pixel.
+    """
     tap = []
     for k, d, pb, pe in zip(kernel, dilations, begins, ends, strict=True):
         if pb + pe != (k - 1) * d or pb % d or pb // d >= k:
             return None
         tap.append(pb // d)
     return tuple(tap)
+
+
+def embed_kernel(
+    small: np.ndarray, small_tap: Sequence[int], kernel: Sequence[int], tap: Sequence[int]
+) -> np.ndarray | None:
+    """Zero-pad weights ``(C_out, C_in/g, k_small…)`` to ``kernel`` so the aligned taps meet.
+
+    A 1×1 branch summed with a k×k Conv of the same input (RepVGG, MobileOne) becomes part of
+    the k×k kernel: its single tap lands on the k×k kernel's aligned tap. None when the small
+    kernel does not fit around that tap.
+    """
+    w = np.asarray(small, dtype=np.float64)
+    out = np.zeros((*w.shape[:2], *kernel), dtype=np.float64)
+    index: list[slice] = [slice(None), slice(None)]
+    for k_s, t_s, k, t in zip(w.shape[2:], small_tap, kernel, tap, strict=True):
+        start = t - t_s
+        if start < 0 or start + k_s > k:
+            return None
+        index.append(slice(start, start + k_s))
+    out[tuple(index)] = w
+    return out
+
+
+def split_sum(
+    scale: np.ndarray, shift: np.ndarray, terms: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """BN after a sum: s·(a + b) + t = (s·a + t) + s·b; every term scales, the first shifts."""
+    zero = np.zeros_like(np.asarray(shift, dtype=np.float64))
+    return [(scale, shift if i == 0 else zero) for i in range(terms)]
+
+
+def map_flat(
+    known: Sequence[int | None], axis: int, channels: int, new: Sequence[int | None]
+) -> list[tuple[int, np.ndarray]]:
+    """Every axis of ``new`` whose index determines ``known``'s channel index (row-major).
+
+    Reshape-like ops (Reshape, Flatten, Squeeze, Unsqueeze, torch's view/flatten) keep the
+    row-major element order, so with ``S`` the product of the dims after an axis and ``n``,
+    ``m`` the axis sizes, ``i_a = (i_b // r) mod n`` holds for every element exactly when
+    ``r = S_a / S_b`` is an integer and ``r·n`` divides ``m``. Only the dims after the axis
+    must be known (None marks an unknown dim). Returns ``(axis b, idx)`` with ``v_new = v[idx]``.
+    """
+    if channels <= 0 or not 0 <= axis < len(known) or known[axis] != channels:
+        return []
+    s_a = _suffix(known, axis)
+    if not s_a:  # unknown, or an empty tensor
+        return []
+    found: list[tuple[int, np.ndarray]] = []
+    for b, m_b in enumerate(new):
+        s_b = _suffix(new, b)
+        if m_b is None or s_b is None or s_b == 0 or s_a % s_b:
+            continue
+        r = s_a // s_b
+        if m_b % (r * channels):
+            continue
+        found.append((b, (np.arange(m_b) // r) % channels))
+    return found
+
+
+def same_channel_axis(
+    known: Sequence[int | None], axis: int, channels: int, new: Sequence[int | None], target: int
+) -> bool:
+    """True when axis ``target`` of ``new`` indexes exactly ``known``'s channels, one to one."""
+    for b, idx in map_flat(known, axis, channels, new):
+        if b == target and len(idx) == channels and np.array_equal(idx, np.arange(channels)):
+            return True
+    return False
+
+
+def _suffix(dims: Sequence[int | None], axis: int) -> int | None:
+    tail = dims[axis + 1 :]
+    if any(d is None for d in tail):
+        return None
+    return math.prod(tail)  # type: ignore[arg-type]
 
 
 def add_identity(

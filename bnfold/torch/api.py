@@ -31,7 +31,9 @@ from bnfold.torch.dropout import (
     remove_identity_nodes,
     strip_dropout_modules,
 )
-from bnfold.torch.fx_fold import GraphFolder, Outcome
+from bnfold.torch.entries import evidence_summary, with_evidence
+from bnfold.torch.fx_fold import GraphFolder, Outcome, Shapes
+from bnfold.torch.fx_shapes import static_shapes
 from bnfold.torch.keep import finish_kept, mark_kept
 from bnfold.torch.recording import record
 from bnfold.torch.registry import is_batchnorm_like
@@ -62,6 +64,9 @@ class TorchFoldResult:
 
     def describe(self) -> str:
         parts = [self.report.describe()]
+        summary = evidence_summary(self.report.entries)
+        if summary:
+            parts.append(summary)
         if self.verification is not None:
             parts.append(self.verification.describe())
         return "\n".join(parts)
@@ -151,9 +156,12 @@ class _Folder:
             self._report_untraced()
         self._cleanup()
         self.model.eval()
-        self.report.entries.extend(o.entry for o in self.outcomes)
-        self.report.entries.extend(dropouts)
         verification = self.ref.compare(self.model) if self.ref is not None else None
+        evidence = "proven" if verification is None else "verified" if verification else None
+        self.report.entries.extend(
+            with_evidence(o.entry, evidence or "not verified") for o in self.outcomes
+        )
+        self.report.entries.extend(dropouts)
         if verification is None:
             self.report.warn("no example_inputs: the folded module was not verified")
         elif not verification:
@@ -170,7 +178,7 @@ class _Folder:
             entries: list[ReportEntry] = []
             changed = remove_functional_dropout(gm, region.path, entries, self.keep)
             changed |= remove_identity_nodes(gm)
-            folder = GraphFolder(gm, region.path, region.shapes if self.ref else None)
+            folder = GraphFolder(gm, region.path, self._shapes(region))
             try:
                 changed |= folder.run()
             except Exception as exc:  # a broken graph rewrite: keep the original region
@@ -192,6 +200,13 @@ class _Folder:
                 continue
             self.outcomes.extend(folder.outcomes)
             dropouts.extend(entries)
+
+    def _shapes(self, region: Region) -> Shapes:
+        """Shapes proven by the graph, overridden by those recorded on the example inputs."""
+        shapes: Shapes = dict(static_shapes(region.gm))
+        if self.ref is not None:
+            shapes.update(region.shapes)
+        return shapes
 
     def _regions(self) -> list[Region]:
         regions, self.failures = find_regions(self.model)

@@ -1,38 +1,46 @@
-"""Fold BatchNorm call sites in an fx graph: producer, concat-split, identity branch, consumer.
+"""Fold BatchNorm call sites in an fx graph: into producers (through layout ops, channel Concats
+and sums), into an identity-branch sibling, or into a consumer.
 
 Decisions are made per call site (graph node), never per module: a folded layer is always a
 new module bound to that call site (the original is never modified), so a Conv called twice
 gets one folded copy per call site, and a Conv whose output is also used elsewhere keeps its
-BN. Layout ops between a Linear and its BN (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``) are
-followed only when the recorded shapes prove the feature axis lands on BN's channel axis.
+BN. Layout ops between a layer and its BN (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``) are
+followed only when shapes prove the layer's feature axis lands on BN's channel axis one to
+one; those shapes come from example inputs or from :mod:`bnfold.torch.fx_shapes`.
+Folds repeat to a fixpoint: a RepVGG identity BN folds once its sibling Conv's BN has.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import operator
 from typing import Any
 
-import torch
+import numpy as np
 from torch import fx, nn
 
 from bnfold import patterns
 from bnfold.report import ReportEntry
-from bnfold.torch import layers
+from bnfold.torch import fx_reparam, layers
+from bnfold.torch.fx_graph import (
+    CAT,
+    describe_node,
+    drop_zero_adds,
+    has_path,
+    is_add,
+    is_layout,
+    op_name,
+    output_nodes,
+    permutation,
+    real_users,
+)
 from bnfold.torch.registry import BNMatch, is_batchnorm_like, match_batchnorm
-from bnfold.torch.tracing import Shapes
 
 logger = logging.getLogger(__name__)
 
-_LAYOUT_METHODS = {"contiguous", "flatten", "reshape", "view", "transpose", "permute", "squeeze"}
-_LAYOUT_METHODS |= {"unsqueeze"}
-_LAYOUT_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze}
-_LAYOUT_FUNCTIONS |= {torch.unsqueeze}
-_CAT = {torch.cat, torch.concat, torch.concatenate}
-_ADD = {operator.add, torch.add}
-_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+Shapes = dict[fx.Node, set[Any]]  # per node: shapes seen (tuples, None dims allowed; None: unknown)
+Install = tuple[fx.Node, nn.Module]
+MAX_DEPTH = 12
 
 
 @dataclasses.dataclass
@@ -46,36 +54,62 @@ class Outcome:
 class GraphFolder:
     """Folds every BN call site of one region's GraphModule (in place on that GraphModule)."""
 
-    def __init__(self, gm: fx.GraphModule, scope: str, shapes: Shapes | None = None) -> None:
+    def __init__(
+        self,
+        gm: fx.GraphModule,
+        scope: str,
+        shapes: Shapes | None = None,
+        only: set[str] | None = None,
+    ) -> None:
         self.gm = gm
         self.scope = scope
         self.shapes = shapes or {}
+        self.only = only  # replay: fold just these call sites (names as reported)
         self.outcomes: list[Outcome] = []
         self._matches: dict[int, BNMatch | None] = {}
 
     # -- entry point ------------------------------------------------------------------
     def run(self) -> bool:
         """Fold what can be folded; returns whether the graph changed."""
-        changed = False
-        bn_nodes = [n for n in self.gm.graph.nodes if self._is_bn_node(n)]
-        counts: dict[str, int] = {}
-        for node in bn_nodes:
-            counts[node.target] = counts.get(node.target, 0) + 1
-        seen: dict[str, int] = {}
-        for node in bn_nodes:
-            module = self._mod(node)
-            seen[node.target] = seen.get(node.target, 0) + 1
-            name = self._full(node.target)
-            if counts[node.target] > 1:
-                name = f"{name}#{seen[node.target]}"
-            entry = self._fold_one(node, module, name)
-            changed |= entry.status == "folded"
-            self.outcomes.append(Outcome(id(module), entry))
+        changed = drop_zero_adds(self.gm.graph)
+        sites = self._sites()
+        results: dict[fx.Node, ReportEntry] = {}
+        pending = list(sites)
+        while pending:
+            progress = False
+            changed |= fx_reparam.absorb_identity_terms(self)
+            for node in list(pending):
+                module, name = sites[node]
+                entry = self._fold_one(node, module, name)
+                results[node] = entry
+                if entry.status == "folded":
+                    pending.remove(node)
+                    progress = changed = True
+            if not progress:
+                break
+        for node, (module, _) in sites.items():
+            self.outcomes.append(Outcome(id(module), results[node]))
+        changed |= fx_reparam.merge_parallel_convs(self)
         if changed:
             self.gm.graph.lint()
             self.gm.delete_all_unused_submodules()
             self.gm.recompile()
         return changed
+
+    def _sites(self) -> dict[fx.Node, tuple[nn.Module, str]]:
+        bn_nodes = [n for n in self.gm.graph.nodes if self.is_bn(n)]
+        counts: dict[str, int] = {}
+        for node in bn_nodes:
+            counts[node.target] = counts.get(node.target, 0) + 1
+        seen: dict[str, int] = {}
+        sites = {}
+        for node in bn_nodes:
+            seen[node.target] = seen.get(node.target, 0) + 1
+            name = self.full(node.target)
+            if counts[node.target] > 1:
+                name = f"{name}#{seen[node.target]}"
+            sites[node] = (self.mod(node), name)
+        return sites
 
     def _fold_one(self, node: fx.Node, module: nn.Module, name: str) -> ReportEntry:
         kind = type(module).__name__
@@ -83,11 +117,14 @@ class GraphFolder:
         if match is None or not match.foldable:
             reason = match.reason if match else "not recognised as BatchNorm"
             return ReportEntry(name, kind, "left", reason=reason, scope=self.scope)
+        if self.only is not None and name not in self.only:
+            why = "not folded when it was saved"
+            return ReportEntry(name, kind, "left", reason=why, scope=self.scope)
         if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
             why = "BN called with extra arguments"
             return ReportEntry(name, kind, "left", reason=why, scope=self.scope)
         reasons = []
-        for attempt in (self._producer, self._concat, self._identity_branch, self._consumer):
+        for attempt in (self._producer, self._identity_branch, self._consumer):
             try:
                 result = attempt(node, match)
             except Exception as exc:  # never let one odd call site abort the whole fold
@@ -100,319 +137,243 @@ class GraphFolder:
                 reasons.append(result)
         return ReportEntry(name, kind, "left", reason=reasons[0], scope=self.scope)
 
-    # -- patterns ---------------------------------------------------------------------
+    # -- producer side: BN input ← layout / Concat / Add ← layers ------------------------
     def _producer(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | str:
-        found = self._producer_chain(bn)
-        if isinstance(found, str):
-            return found
-        producer, chain = found
-        layer = self._mod(producer)
-        kind = layers.layer_kind(layer)
-        why = self._check_axis(producer, chain, bn, kind)
-        if why:
-            return why
-        for node, nxt in zip([producer, *chain], [*chain, bn], strict=True):
-            users = self._real_users(node)
-            if users != [nxt]:
-                return f"the {kind} output is also used by {self._describe(users, nxt)}"
         assert match.params is not None
         s, t = match.params.scale_shift()
+        x = bn.args[0]
+        dims = self.shape(x)
+        if dims is not None and len(dims) < 2:
+            return "BN input has rank < 2"
+        kinds: set[str] = set()
+        plan = self._plan_output(x, bn, 1, s, t, 0, kinds)
+        if isinstance(plan, str):
+            return plan
+        news = {id(node): new for node, new in plan}
+        into = [self.install(node, news[id(node)]) for node, _ in plan]
+        self.drop_bn(bn, match.remainder)
+        layer = "/".join(sorted(k for k in kinds if k in ("Conv", "ConvTranspose", "Linear")))
+        if "Add" in kinds:
+            pattern = f"Add({layer} terms)→BN"
+        elif "Concat" in kinds:
+            pattern = "Concat→BN (split)"
+        else:
+            pattern = f"{layer}→BN"
+        return ", ".join(into), pattern
+
+    def _plan_output(
+        self,
+        value: fx.Node,
+        reader: fx.Node,
+        axis: int,
+        s: np.ndarray,
+        t: np.ndarray,
+        depth: int,
+        kinds: set[str],
+    ) -> list[Install] | str:
+        """Installs making ``value`` carry ``s·value + t`` along ``axis``, or why not."""
+        if depth > MAX_DEPTH:
+            return "too many ops between the layer and the BN"
+        if not isinstance(value, fx.Node):
+            return "BN input is a constant"
+        users = real_users(value)
+        if value in output_nodes(self.gm.graph):
+            return f"{describe_node(value, self.gm)} is also a model output"
+        if users != [reader]:
+            others = [u for u in users if u is not reader]
+            what = ", ".join(describe_node(u, self.gm) for u in others[:3]) or "nothing"
+            return f"{describe_node(value, self.gm)} is also used by {what}"
+        if value.op == "call_module" and layers.layer_kind(self.mod(value)):
+            return self._plan_layer(value, axis, s, t, depth, kinds)
+        if is_layout(value):
+            return self._plan_layout(value, axis, s, t, depth, kinds)
+        if value.op == "call_function" and value.target in CAT:
+            return self._plan_concat(value, axis, s, t, depth, kinds)
+        if is_add(value):
+            return self._plan_add(value, axis, s, t, depth, kinds)
+        return (
+            f"BN input comes from {describe_node(value, self.gm)}, not a Conv/ConvTranspose/Linear"
+        )
+
+    def _plan_layer(
+        self, node: fx.Node, axis: int, s: np.ndarray, t: np.ndarray, depth: int, kinds: set[str]
+    ) -> list[Install] | str:
+        layer = self.mod(node)
+        kind = layers.layer_kind(layer)
+        assert kind is not None
+        if len(node.args) != 1 or node.kwargs:
+            return "the layer is called with extra arguments"
+        rank = self.ndim(node)
+        if rank is None:
+            if depth > 0 or kind == "Linear":
+                return f"{kind}→BN needs example_inputs to prove which axis BN normalises"
+        elif kind == "Linear":
+            if axis != rank - 1:
+                return f"BN normalises a different axis than the {kind}'s output channels"
+        elif rank != layer.weight.dim():
+            return f"unbatched {kind} output: BN does not normalise its channel axis"
+        elif axis != 1:
+            return f"BN normalises a different axis than the {kind}'s output channels"
         new = layers.fold_into_producer(layer, s, t)
         if isinstance(new, str):
             return new
         if layers.overrides_forward(layer):
-            shape = self._shape(producer.args[0])
-            if shape is None or not layers.probe_producer(layer, new, shape, s, t):
+            shape = self.shape(node.args[0])
+            if shape is None or None in shape or not layers.probe_producer(layer, new, shape, s, t):
                 return f"{type(layer).__name__} has its own forward and the fold was not proven"
-        into = self._install(producer, new)
-        self._drop_bn(bn, match.remainder)
-        return into, f"{kind}→BN"
+        kinds.add(kind)
+        return [(node, new)]
 
-    def _concat(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | str | None:
-        cat = bn.args[0]
-        if not (cat.op == "call_function" and cat.target in _CAT):
-            return None
+    def _plan_layout(
+        self, node: fx.Node, axis: int, s: np.ndarray, t: np.ndarray, depth: int, kinds: set[str]
+    ) -> list[Install] | str:
+        src = node.args[0]
+        if not isinstance(src, fx.Node):
+            return "a layout op of a constant"
+        out, inp = self.shape(node), self.shape(src)
+        name = op_name(node)
+        where = describe_node(node, self.gm)
+        if out is None or inp is None:
+            return f"BN follows {where}: needs example_inputs to prove which axis BN normalises"
+        if name == "contiguous":
+            new_axis: int | None = axis
+        elif name in ("transpose", "permute"):
+            perm = permutation(node, len(inp))
+            new_axis = perm[axis] if perm else None
+        else:
+            new_axis = next(
+                (
+                    b
+                    for b in range(len(inp))
+                    if patterns.same_channel_axis(out, axis, len(s), inp, b)
+                ),
+                None,
+            )
+        if new_axis is None:
+            return f"the layer's feature axis does not survive {where}"
+        return self._plan_output(src, node, new_axis, s, t, depth + 1, kinds)
+
+    def _plan_concat(
+        self, cat: fx.Node, axis: int, s: np.ndarray, t: np.ndarray, depth: int, kinds: set[str]
+    ) -> list[Install] | str:
         tensors = cat.args[0] if cat.args else cat.kwargs.get("tensors")
         dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
-        ndim = self._ndim(cat)
+        rank = self.ndim(cat)
         if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
             return "BN follows a Concat of unknown inputs"
-        if (dim if dim >= 0 or ndim is None else dim + ndim) != 1:
+        if (dim if dim >= 0 or rank is None else dim + rank) != axis:
             return "BN follows a Concat that is not on the channel axis"
-        if self._real_users(cat) != [bn]:
-            return "the Concat output is also used elsewhere"
-        parts: list[tuple[fx.Node, nn.Module]] = []
-        for t in tensors:
-            layer = self._mod(t) if isinstance(t, fx.Node) and t.op == "call_module" else None
-            kind = layers.layer_kind(layer) if layer is not None else None
-            if kind is None or (kind == "Linear" and ndim != 2):
-                return "a Concat input is not produced by a Conv/ConvTranspose"
-            if tensors.count(t) != 1 or self._real_users(t) != [cat] or self._check_layer(layer):
+        sizes = []
+        for part in tensors:
+            if not isinstance(part, fx.Node) or tensors.count(part) != 1:
                 return "a Concat input is also used elsewhere"
-            parts.append((t, layer))
-        assert match.params is not None
-        s, t = match.params.scale_shift()
-        split = patterns.split_concat(s, t, [layers.out_channels(m) for _, m in parts])
+            dims = self.shape(part)
+            size = dims[axis] if dims is not None and len(dims) > axis else None
+            if size is None and part.op == "call_module" and layers.layer_kind(self.mod(part)):
+                size = layers.out_channels(self.mod(part)) if axis == 1 else None
+            if size is None:
+                return "a Concat input has an unknown channel count"
+            sizes.append(size)
+        split = patterns.split_concat(s, t, sizes)
         if isinstance(split, str):
             return split
-        news = []
-        for (_node, layer), (s_i, t_i) in zip(parts, split, strict=True):
-            new = layers.fold_into_producer(layer, s_i, t_i)
-            if isinstance(new, str):
-                return new
-            news.append(new)
-        into = [self._install(node, new) for (node, _), new in zip(parts, news, strict=True)]
-        self._drop_bn(bn, match.remainder)
-        return ", ".join(into), "Concat→BN (split)"
+        plan: list[Install] = []
+        for part, (s_i, t_i) in zip(tensors, split, strict=True):
+            sub = self._plan_output(part, cat, axis, s_i, t_i, depth + 1, kinds)
+            if isinstance(sub, str):
+                return f"a Concat input: {sub}"
+            plan.extend(sub)
+        kinds.add("Concat")
+        return plan
+
+    def _plan_add(
+        self, add: fx.Node, axis: int, s: np.ndarray, t: np.ndarray, depth: int, kinds: set[str]
+    ) -> list[Install] | str:
+        out = self.shape(add)
+        terms = add.args
+        if out is None or not all(isinstance(a, fx.Node) for a in terms) or terms[0] is terms[1]:
+            return f"BN follows {describe_node(add, self.gm)} whose terms are not proven layers"
+        plan: list[Install] = []
+        for term, (s_i, t_i) in zip(terms, patterns.split_sum(s, t, 2), strict=True):
+            dims = self.shape(term)
+            if dims is None or len(dims) != len(out) or dims[axis] != len(s):
+                return "a sum term is broadcast along the channel axis (or its shape is unknown)"
+            sub = self._plan_output(term, add, axis, s_i, t_i, depth + 1, kinds)
+            if isinstance(sub, str):
+                return f"a sum term: {sub}"
+            plan.extend(sub)
+        kinds.add("Add")
+        return plan
 
     def _identity_branch(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | str | None:
-        users = self._real_users(bn)
-        if match.remainder is not None or len(users) != 1 or not _is_add(users[0]):
-            return None
-        add = users[0]
-        if len(add.args) != 2 or not all(isinstance(a, fx.Node) for a in add.args):
-            return None
-        x = bn.args[0]
-        for term in self._add_terms(add):
-            if not (term.op == "call_module" and term.args and term.args[0] is x):
-                continue
-            conv = self._mod(term)
-            assert match.params is not None
-            if layers.identity_conv_reason(conv, match.params.channels) or self._check_layer(conv):
-                continue
-            if len(term.users) != 1 or not self._same_shape(term, x):
-                continue
-            new = layers.fold_identity_into_conv(conv, *match.params.scale_shift())
-            if isinstance(new, str):
-                return new
-            into = self._install(term, new)
-            other = add.args[0] if add.args[1] is bn else add.args[1]
-            add.replace_all_uses_with(other)
-            self.gm.graph.erase_node(add)
-            self.gm.graph.erase_node(bn)
-            return into, "Conv+BN(identity)→Conv (re-param)"
-        return None
+        return fx_reparam.identity_branch(self, bn, match)
 
+    # -- consumer side ----------------------------------------------------------------
     def _consumer(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | str | None:
-        users = self._real_users(bn)
+        users = real_users(bn)
         if match.remainder is not None or len(users) != 1 or users[0].op != "call_module":
             return None
         user = users[0]
-        layer = self._mod(user)
+        layer = self.mod(user)
         kind = layers.layer_kind(layer)
         if kind not in ("Conv", "Linear") or user.args[0] is not bn or len(user.args) != 1:
             return None
-        ndim = self._ndim(bn.args[0])
+        ndim = self.ndim(bn.args[0])
         want = 2 if kind == "Linear" else layer.weight.dim()
-        if ndim != want or self._check_layer(layer) or bn in self._outputs():
+        if ndim != want or layers.overrides_forward(layer) or bn in output_nodes(self.gm.graph):
             return None
         assert match.params is not None
         new = layers.fold_into_consumer(layer, *match.params.scale_shift())
         if isinstance(new, str):
             return new
-        into = self._install(user, new)
-        self._drop_bn(bn, None)
+        into = self.install(user, new)
+        self.drop_bn(bn, None)
         return into, f"BN→{kind} (consumer)"
 
-    # -- checks -----------------------------------------------------------------------
-    def _producer_chain(self, bn: fx.Node) -> tuple[fx.Node, list[fx.Node]] | str:
-        cur, chain = bn.args[0], []
-        while isinstance(cur, fx.Node):
-            if cur.op == "call_module" and layers.layer_kind(self._mod(cur)):
-                if len(cur.args) != 1 or cur.kwargs:
-                    return "the layer is called with extra arguments"
-                return cur, chain[::-1]
-            if not _is_layout(cur):
-                break
-            chain.append(cur)
-            cur = cur.args[0]
-        return (
-            f"BN input comes from {_describe_node(cur, self.gm)}, not a Conv/ConvTranspose/Linear"
-        )
-
-    def _check_layer(self, layer: nn.Module) -> str | None:
-        if layers.overrides_forward(layer):
-            return f"{type(layer).__name__} has its own forward"
-        return None
-
-    def _check_axis(
-        self, producer: fx.Node, chain: list[fx.Node], bn: fx.Node, kind: str
-    ) -> str | None:
-        out_nd = self._ndim(producer)
-        if out_nd is None:
-            if chain or kind == "Linear":
-                return f"{kind}→BN needs example_inputs to prove which axis BN normalises"
-            return None
-        weight_nd = self._mod(producer).weight.dim()
-        if kind != "Linear" and out_nd != weight_nd:
-            return f"unbatched {kind} output: BN does not normalise its channel axis"
-        axes = {out_nd - 1} if kind == "Linear" else {1}
-        prev = producer
-        for node in chain:
-            axes = self._map_axes(node, prev, axes)
-            if not axes:
-                return f"the {kind}'s feature axis does not survive {_describe_node(node, self.gm)}"
-            prev = node
-        bn_nd = self._ndim(bn.args[0])
-        if bn_nd is None or bn_nd < 2 or 1 not in axes:
-            return f"BN normalises a different axis than the {kind}'s output channels"
-        return None
-
-    def _map_axes(self, node: fx.Node, prev: fx.Node, axes: set[int]) -> set[int]:
-        src, dst = self._shape(prev), self._shape(node)
-        if src is None or dst is None:
-            return set()
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        if name == "contiguous":
-            return axes
-        if name in ("transpose", "permute"):
-            perm = _permutation(node, len(src))
-            return {perm.index(a) for a in axes} if perm else set()
-        out: set[int] = set()
-        for a in axes:  # reshape-like: the feature coordinate survives iff the inner block does
-            inner = math.prod(src[a + 1 :])
-            out |= {
-                j for j in range(len(dst)) if dst[j] == src[a] and math.prod(dst[j + 1 :]) == inner
-            }
-        return out
-
     # -- graph helpers ----------------------------------------------------------------
-    def _install(self, node: fx.Node, new: nn.Module) -> str:
+    def install(self, node: fx.Node, new: nn.Module) -> str:
         """Bind ``new`` to this call site only; returns the full path of the new module."""
         same = [n for n in self.gm.graph.nodes if n.op == "call_module" and n.target == node.target]
         target = node.target
         if len(same) > 1:
             base, k = f"{node.target}_bnfold", 1
-            while _has_path(self.gm, f"{base}{k}"):
+            while has_path(self.gm, f"{base}{k}"):
                 k += 1
             target = f"{base}{k}"
         self.gm.add_submodule(target, new)
         node.target = target
-        return self._full(target)
+        return self.full(target)
 
-    def _drop_bn(self, bn: fx.Node, remainder: nn.Module | None) -> None:
+    def drop_bn(self, bn: fx.Node, remainder: nn.Module | None) -> None:
         if remainder is None:
             bn.replace_all_uses_with(bn.args[0])
             self.gm.graph.erase_node(bn)
         else:
-            self._install(bn, remainder)
+            self.install(bn, remainder)
 
-    def _add_terms(self, add: fx.Node) -> list[fx.Node]:
-        root = add
-        while len(root.users) == 1 and _is_add(next(iter(root.users))):
-            root = next(iter(root.users))
-        terms: list[fx.Node] = []
+    def shape(self, node: Any) -> tuple[int | None, ...] | None:
+        shapes = self.shapes.get(node) if isinstance(node, fx.Node) else None
+        if not shapes or len(shapes) != 1 or None in shapes:
+            return None
+        return next(iter(shapes))
 
-        def collect(node: fx.Node) -> None:
-            for arg in node.args:
-                if not isinstance(arg, fx.Node):
-                    continue
-                if _is_add(arg) and len(arg.users) == 1:
-                    collect(arg)
-                else:
-                    terms.append(arg)
-
-        collect(root)
-        return terms
-
-    def _real_users(self, node: fx.Node) -> list[fx.Node]:
-        return [u for u in node.users if not _is_shape_use(u, node)]
-
-    def _describe(self, users: list[fx.Node], expected: fx.Node) -> str:
-        others = [u for u in users if u is not expected]
-        return ", ".join(_describe_node(u, self.gm) for u in others[:3]) or "nothing else"
-
-    def _outputs(self) -> set[fx.Node]:
-        out = next(n for n in reversed(self.gm.graph.nodes) if n.op == "output")
-        return set(out.all_input_nodes)
-
-    def _shape(self, node: fx.Node) -> tuple[int, ...] | None:
-        shapes = self.shapes.get(node)
-        return next(iter(shapes)) if shapes and len(shapes) == 1 else None
-
-    def _ndim(self, node: fx.Node) -> int | None:
-        ranks = {len(s) for s in self.shapes.get(node, ())}
+    def ndim(self, node: Any) -> int | None:
+        shapes = self.shapes.get(node) if isinstance(node, fx.Node) else None
+        if not shapes or None in shapes:
+            return None
+        ranks = {len(s) for s in shapes}
         return ranks.pop() if len(ranks) == 1 else None
 
-    def _same_shape(self, a: fx.Node, b: fx.Node) -> bool:
-        if not self.shapes:
-            return True
-        sa, sb = self.shapes.get(a), self.shapes.get(b)
-        return sa is not None and sa == sb
-
-    def _is_bn_node(self, node: fx.Node) -> bool:
-        return node.op == "call_module" and is_batchnorm_like(self._mod(node))
+    def is_bn(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and is_batchnorm_like(self.mod(node))
 
     def _match(self, module: nn.Module) -> BNMatch | None:
         if id(module) not in self._matches:
             self._matches[id(module)] = match_batchnorm(module)
         return self._matches[id(module)]
 
-    def _mod(self, node: fx.Node) -> nn.Module:
+    def mod(self, node: fx.Node) -> nn.Module:
         return self.gm.get_submodule(node.target)
 
-    def _full(self, target: str) -> str:
+    def full(self, target: str) -> str:
         return f"{self.scope}.{target}" if self.scope else target
-
-
-def _is_layout(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in _LAYOUT_METHODS
-    return node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS
-
-
-def _is_add(node: fx.Node) -> bool:
-    if node.kwargs:
-        return False
-    if node.op == "call_function" and node.target in _ADD:
-        return len(node.args) == 2
-    return node.op == "call_method" and node.target == "add" and len(node.args) == 2
-
-
-def _is_shape_use(user: fx.Node, node: fx.Node) -> bool:
-    """Uses that read only the tensor's metadata, unchanged by folding."""
-    if user.op == "call_method" and user.target in ("size", "dim", "numel"):
-        return user.args[0] is node and all(a is not node for a in user.args[1:])
-    if user.op == "call_method" and user.target in ("reshape_as", "view_as", "expand_as"):
-        return user.args[0] is not node
-    if user.op == "call_function" and user.target is getattr:
-        return user.args[0] is node and user.args[1] in _SHAPE_ATTRS
-    return False
-
-
-def _permutation(node: fx.Node, ndim: int) -> list[int] | None:
-    args = list(node.args[1:])
-    if len(args) == 1 and isinstance(args[0], (list, tuple)):
-        args = list(args[0])
-    if not all(isinstance(a, int) for a in args):
-        return None
-    name = node.target if node.op == "call_method" else node.target.__name__
-    if name == "transpose" and len(args) == 2:
-        d0, d1 = (a % ndim for a in args)
-        perm = list(range(ndim))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return perm
-    if name == "permute" and len(args) == ndim:
-        return [a % ndim for a in args]
-    return None
-
-
-def _has_path(gm: fx.GraphModule, target: str) -> bool:
-    try:
-        gm.get_submodule(target)
-    except AttributeError:
-        return False
-    return True
-
-
-def _describe_node(node: Any, gm: fx.GraphModule) -> str:
-    if not isinstance(node, fx.Node):
-        return f"a constant ({type(node).__name__})"
-    if node.op == "call_module":
-        return f"{type(gm.get_submodule(node.target)).__name__} '{node.target}'"
-    if node.op == "placeholder":
-        return f"the input '{node.target}'"
-    if node.op == "output":
-        return "the output"
-    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
-    return f"{target} ({node.name})"

@@ -143,6 +143,49 @@ def identity_conv_reason(conv: nn.Module, channels: int) -> str | None:
     return None
 
 
+def merge_parallel(big: nn.Module, small: nn.Module) -> nn.Module | str:
+    """One Conv computing ``big(x) + small(x)`` (RepVGG/MobileOne branches), or a reason.
+
+    The small kernel (1×1, or any that fits) is zero-padded into the big one so that both
+    aligned taps meet (``patterns.embed_kernel``); stride, groups and channels must agree.
+    """
+    for conv in (big, small):
+        if not isinstance(conv, CONV) or isinstance(conv, CONV_T) or overrides_forward(conv):
+            return "a branch is not a plain Conv"
+        why = unsupported_reason(conv)
+        if why:
+            return why
+    if type(big) is not type(small) or big.weight.dtype != small.weight.dtype:
+        return "the branches are different Conv types"
+    same = ("in_channels", "out_channels", "groups", "stride")
+    if any(getattr(big, a) != getattr(small, a) for a in same):
+        return "the branches differ in channels, groups or stride"
+    if any(k > 1 for k in small.kernel_size) and (
+        big.dilation != small.dilation or big.padding_mode != small.padding_mode
+    ):
+        return "the branches differ in dilation or padding mode"
+    tap_big, tap_small = aligned_tap(big), aligned_tap(small)
+    if tap_big is None or tap_small is None:
+        return "a branch changes the spatial size differently"
+    kernel = [int(k) for k in big.kernel_size]
+    embedded = patterns.embed_kernel(_np(small.weight), tap_small, kernel, tap_big)
+    if embedded is None:
+        return "the smaller kernel does not fit around the larger one's aligned tap"
+    bias = np.zeros(int(big.out_channels))
+    for conv in (big, small):
+        if conv.bias is not None:
+            bias = bias + _np(conv.bias)
+    return _rebuild(big, _np(big.weight) + embedded, bias)
+
+
+def aligned_tap(conv: nn.Module) -> tuple[int, ...] | None:
+    """The kernel tap reading input ``stride·p`` for output p (``patterns.aligned_tap``)."""
+    kernel = [int(k) for k in conv.kernel_size]
+    dilations = [int(d) for d in conv.dilation]
+    begins, ends = patterns.pad_extents(kernel, dilations, *_padding(conv))
+    return patterns.aligned_tap(kernel, dilations, begins, ends)
+
+
 def _padding(layer: nn.Module) -> tuple[str, list[int]]:
     """A torch Conv's padding as ONNX's ``(auto_pad mode, pads)``."""
     pad = layer.padding

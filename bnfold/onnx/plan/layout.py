@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.patterns import map_flat
 
 RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 LAYOUT_OPS = ("Transpose", *RESHAPE_LIKE)
@@ -65,35 +66,6 @@ def _map(node: ir.Node, axis: int, channels: int, *, forward: bool) -> list[Mapp
             f"{_fmt(known_dims)} → {_fmt(new_dims)})"
         )
     return found
-
-
-def map_flat(
-    known: list[int | None], axis: int, channels: int, new: list[int | None]
-) -> list[Mapping]:
-    """Every axis of ``new`` whose index determines ``known``'s channel index (row-major)."""
-    if channels <= 0 or not 0 <= axis < len(known) or known[axis] != channels:
-        return []
-    s_a = _suffix(known, axis)
-    if not s_a:  # unknown, or an empty tensor
-        return []
-    found: list[Mapping] = []
-    for b, m_b in enumerate(new):
-        s_b = _suffix(new, b)
-        if m_b is None or s_b is None or s_b == 0 or s_a % s_b:
-            continue
-        r = s_a // s_b
-        if m_b % (r * channels):
-            continue
-        idx = (np.arange(m_b) // r) % channels
-        found.append((b, idx))
-    return found
-
-
-def _suffix(dims: list[int | None], axis: int) -> int | None:
-    tail = dims[axis + 1 :]
-    if any(d is None for d in tail):
-        return None
-    return math.prod(tail)  # type: ignore[arg-type]
 
 
 def _map_transpose(

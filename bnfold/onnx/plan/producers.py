@@ -189,10 +189,13 @@ def _through_add(
     name = f"Add '{display_name(node)}'"
     out = node.outputs[0]
     plans: list[Plan] = []
-    for i, term in enumerate(node.inputs):
-        if term is None or len(node.inputs) != 2:
+    if len(node.inputs) != 2:
+        return f"{name} is malformed"
+    for i, (term, (_, term_shift)) in enumerate(
+        zip(node.inputs, patterns.split_sum(scale, shift, 2), strict=True)
+    ):
+        if term is None:
             return f"{name} is malformed"
-        term_shift = shift if i == 0 else np.zeros_like(shift)
         const = constant_array(term, allow_graph_inputs=ctx.options.allow_graph_input_params)
         if const is not None:
             plan = _scale_constant_term(ctx, node, i, const, axis, scale, term_shift)
