@@ -4,12 +4,15 @@ One bad model never stops the others: each model's errors become its outcome, an
 worker process that dies (out of memory, a crash in native code) is retried alone so
 that only the model that kills it is reported. Nothing here prints: ``fold_many``
 returns the outcomes and reports progress through a callback; the CLI renders both.
+The output folder is created only when a model is written: a run where every model
+fails leaves no folder behind.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Task = tuple[Path, FoldFileOptions]
 Progress = Callable[[str], None]  # called with a model's file name once it is done
+StageProgress = Callable[[str, str], None]  # (model file name, stage) as a stage starts
 
 
 def expand_models(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -33,7 +37,17 @@ def expand_models(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
     A model named twice (directly or through a folder) is folded once.
     """
-    paths: list[Path] = []
+    return list(expand_models_labelled(args))
+
+
+def expand_models_labelled(args: Sequence[str | os.PathLike[str]]) -> dict[Path, str]:
+    """Like ``expand_models``, with a display label per model (in order).
+
+    A model found in a folder argument is labelled relative to that folder
+    (``models/ → "resnet.onnx"``); a file argument keeps its path as given. Labels that
+    would collide (two folders holding ``m.onnx``) fall back to the path.
+    """
+    labels: dict[Path, str] = {}
     seen: set[Path] = set()
     for arg in map(Path, args):
         if arg.is_dir():
@@ -42,28 +56,34 @@ def expand_models(args: Sequence[str | os.PathLike[str]]) -> list[Path]:
             )
             if not found:
                 raise InputError(f"{arg}: folder contains no .onnx models")
+            named = [(p, p.name) for p in found]
         else:
-            found = [arg]
-        for path in found:
+            named = [(arg, str(arg))]
+        for path, label in named:
             key = path.resolve()
             if key not in seen:
                 seen.add(key)
-                paths.append(path)
-    return paths
+                labels[path] = label
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {p: (label if counts[label] == 1 else str(p)) for p, label in labels.items()}
 
 
 def plan_tasks(paths: list[Path], options: FoldFileOptions, output_dir: Path | None) -> list[Task]:
-    """One (model, options) per input; refuse two models that would write the same file."""
-    if output_dir is not None:
-        if output_dir.exists() and not output_dir.is_dir():
-            raise InputError(f"{output_dir}: --output must be a folder when folding several models")
-        output_dir.mkdir(parents=True, exist_ok=True)
+    """One (model, options) per input; refuse two models that would write the same file.
+
+    The output folder is not created here: each model creates it when it is written.
+    """
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: --output must be a folder when folding several models")
     tasks: list[Task] = []
     targets: dict[Path, Path] = {}
     for path in paths:
         opts = dataclasses.replace(options)
         if output_dir is not None:
             opts.output = output_dir / default_output(path).name
+            opts.create_output_dir = True
         target = path if opts.in_place else (opts.output or default_output(path))
         clash = targets.get(target.resolve())
         if clash is not None:
@@ -83,25 +103,52 @@ def fold_many(
     output_dir: Path | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    stages: StageProgress | None = None,
 ) -> list[FoldFileOutcome]:
     """Fold each model (in worker processes when ``jobs`` allows); outcomes in input order.
 
     ``options.shapes`` and ``options.inputs`` apply to the models that have an input of
-    that name. ``progress(name)`` is called as each model finishes. Ctrl-C aborts the
-    running models, skips the queued ones and raises KeyboardInterrupt.
+    that name. ``progress(name)`` is called as each model finishes; ``stages(name,
+    stage)`` as each stage of a model starts (only when models run one at a time, in this
+    process). Ctrl-C aborts the running models, skips the queued ones and raises
+    KeyboardInterrupt.
     """
     batch_options = dataclasses.replace(options, only_matching_inputs=True)
     tasks = plan_tasks([Path(p) for p in paths], batch_options, output_dir)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     advance = progress or _no_progress
-    if workers == 1:
-        outcomes = {}
-        for i, (path, opts) in enumerate(tasks):
-            outcomes[i] = fold_file(path, opts)
-            advance(path.name)
-    else:
-        outcomes = _run_pool(tasks, workers, advance)
+    created = _missing_folders(output_dir)
+    try:
+        if workers == 1:
+            outcomes = {}
+            for i, (path, opts) in enumerate(tasks):
+                on_stage = None if stages is None else functools.partial(stages, path.name)
+                outcomes[i] = fold_file(path, opts, on_stage)
+                advance(path.name)
+        else:
+            outcomes = _run_pool(tasks, workers, advance)
+    finally:
+        _remove_if_empty(created)
     return [outcomes[i] for i in range(len(tasks))]
+
+
+def _missing_folders(folder: Path | None) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    while folder is not None and not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the output folders this run created when nothing was written into them
+    (a model that fails verification creates them for its temporary file)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _no_progress(name: str) -> None:

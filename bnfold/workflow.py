@@ -1,12 +1,15 @@
 """fold_file: the whole job for one model file — fold, verify, write, optionally bench.
 
-The CLI calls this (in worker processes for many models); pipelines can too.
+The CLI calls this (in worker processes for many models); pipelines can too. An optional
+``progress(stage)`` callback hears each stage start: load, fold, verify, write, bench.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,21 @@ class FoldFileOptions:
     assume_eval: bool = False
     rewrite_standalone: bool = False
     allow_graph_input_params: bool = False
+    requantize: bool = False  # fold BN between Q/DQ pairs; judged in output quantization steps
+    quantize_bias: bool = False
     seeds: int = 3
     provider: str = "cpu"
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     inputs: list[str] = dataclasses.field(default_factory=list)  # .npz files, one set each
     # Batch mode: shapes and arrays apply to the models that have an input of that name.
     only_matching_inputs: bool = False
+    keep: tuple[str, ...] = ()  # fnmatch globs on BN/Dropout node names left as they are
+    keep_dropout: bool = False
+    # Batch mode: the output's folder is created only when this model is written.
+    create_output_dir: bool = False
+
+
+Stage = Callable[[str], None]  # progress(stage): "load" | "fold" | "verify" | "write" | "bench"
 
 
 @dataclasses.dataclass
@@ -52,6 +64,7 @@ class FoldFileOutcome:
     verification: Any = None  # VerifyResult
     bench: Any = None  # BenchResult
     sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    seconds: float | None = None  # wall time of fold_file
 
     @property
     def status(self) -> str:
@@ -79,6 +92,8 @@ class FoldFileOutcome:
             out["bench"] = self.bench.to_dict()
         if self.sizes:
             out["sizes"] = self.sizes
+        if self.seconds is not None:
+            out["seconds"] = round(self.seconds, 3)
         return out
 
 
@@ -88,22 +103,33 @@ def default_output(path: Path) -> Path:
 
 
 def fold_file(
-    path: str | os.PathLike[str], options: FoldFileOptions | None = None
+    path: str | os.PathLike[str],
+    options: FoldFileOptions | None = None,
+    progress: Stage | None = None,
 ) -> FoldFileOutcome:
-    """Fold one model file end to end; never raises for a bad model (see ``error``)."""
+    """Fold one model file end to end; never raises for a bad model (see ``error``).
+
+    ``progress(stage)`` is called as each stage starts (for a progress display).
+    """
     options = options or FoldFileOptions()
     src = Path(path)
     outcome = FoldFileOutcome(model=str(src))
+    start = time.perf_counter()
     try:
-        _run(src, options, outcome)
+        _run(src, options, outcome, progress or _no_stage)
     except BnfoldError as err:
         outcome.error = str(err)
         outcome.exit_code = err.exit_code
         outcome.written = False
+    outcome.seconds = time.perf_counter() - start
     return outcome
 
 
-def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
+def _no_stage(stage: str) -> None:
+    """The default stage callback: nothing."""
+
+
+def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome, stage: Stage) -> None:
     from bnfold.errors import OutputError
     from bnfold.onnx.api import fold_onnx
     from bnfold.onnx.io.files import check_output_path, same_file
@@ -111,12 +137,21 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     out = src if options.in_place else (options.output or default_output(src))
     if not options.in_place and same_file(src, out):
         raise OutputError(f"{out}: output path equals the input; use --in-place to overwrite it")
-    check_output_path(out, out.parent if str(out.parent) else Path("."))  # fail before work
+    folder = out.parent if str(out.parent) else Path(".")
+    if options.create_output_dir and not folder.exists():
+        check_creatable_folder(folder)  # fail before work; created only when writing
+    else:
+        check_output_path(out, folder)  # fail before work
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,
         rewrite_standalone=options.rewrite_standalone,
         allow_graph_input_params=options.allow_graph_input_params,
+        keep=options.keep,
+        keep_dropout=options.keep_dropout,
+        progress=stage,
+        requantize=options.requantize,
+        quantize_bias=options.quantize_bias,
     )
     outcome.report = result.report
     outcome.output = str(out)
@@ -126,13 +161,19 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     def check_before_commit(tmp_model: Path) -> None:
         """Verify, then bench while the original is still on disk (--in-place replaces it)."""
         if options.verify:
+            stage("verify")
             _verify(src, tmp_model, result.ir_model, options, outcome)
         if options.bench:
+            stage("bench")
             try:
                 outcome.bench = _bench(src, tmp_model, out, result.ir_model, options, outcome)
             except Exception as err:  # the folded model is still written, as without --bench
                 bench_error.append(err)
+        stage("write")  # the commit
 
+    stage("write")
+    if options.create_output_dir:
+        make_folder(folder)
     result.save(out, overwrite_input=options.in_place, before_commit=check_before_commit)
     outcome.written = True
     if outcome.verification is not None:
@@ -142,6 +183,31 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome) -> None:
     outcome.sizes = {"input_bytes": input_bytes, "output_bytes": model_file_bytes(out)}
     if bench_error:
         raise bench_error[0]
+
+
+def make_folder(folder: Path) -> None:
+    """Create the output folder (and parents); an OS error becomes an OutputError."""
+    from bnfold.errors import OutputError
+    from bnfold.onnx.io.outputs import os_reason
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot create the output folder ({os_reason(err)})") from err
+
+
+def check_creatable_folder(folder: Path) -> None:
+    """Refuse an output folder that exists as a file or whose nearest existing parent
+    cannot be written; the folder itself may not exist yet."""
+    from bnfold.errors import OutputError
+
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: is a file, so the output folder {folder} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: cannot create the output folder (permission denied)")
 
 
 def _verify(
@@ -156,6 +222,11 @@ def _verify(
 
         reference = inference_reference(src)
     shapes, inputs = _inputs_for(model, options)
+    steps = None
+    if options.requantize:  # one rounding step fewer: judged in output quantization steps
+        from bnfold.equivalence.quantized_outputs import output_step_tolerances
+
+        steps = output_step_tolerances(src) or None
     outcome.verification = verify(
         reference,
         tmp_model,
@@ -163,6 +234,8 @@ def _verify(
         provider=options.provider,
         shapes=shapes,
         inputs=inputs,
+        output_tolerances=steps,
+        probes=not options.requantize,  # inner values move by quantization steps too
     )
     if not outcome.verification and not options.force:
         raise NotEquivalentError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -19,11 +19,18 @@ def render_outcome(outcome: Any) -> None:
         f"  BatchNorm: {bn['found']} found, {click.style(str(bn['folded']), bold=True)} folded"
         + (f", {bn['rewritten']} rewritten" if bn["rewritten"] else "")
         + f", {bn['left']} left"
+        + (f", {bn['kept']} kept" if bn["kept"] else "")
     )
-    click.echo(f"  Dropout:   {dr['found']} found, {dr['removed']} removed, {dr['left']} left")
+    click.echo(
+        f"  Dropout:   {dr['found']} found, {dr['removed']} removed, {dr['left']} left"
+        + (f", {dr['kept']} kept" if dr["kept"] else "")
+    )
     for entry in report.left:
         where = f"{entry.scope}/" if entry.scope else ""
         click.echo(f"    left {entry.kind} {where}{entry.name}: {entry.reason}")
+    for entry in report.kept:
+        where = f"{entry.scope}/" if entry.scope else ""
+        click.echo(f"    kept {entry.kind} {where}{entry.name}: {entry.reason}")
     for warning in report.warnings:
         click.secho(f"  warning: {warning}", fg="yellow", err=True)
     if outcome.verification is not None:
@@ -42,39 +49,106 @@ def render_outcome(outcome: Any) -> None:
             click.echo(f"  {line}")
 
 
-def render_summary(outcomes: list[Any]) -> None:
-    """One row per model: status, BN folded/found, Dropout removed, max error, output."""
+STATUS_WORDS = {"passed": "ok", "failed": "not-equivalent", "error": "error"}
+STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red"}
+
+
+def render_summary(cases: Sequence[Any], tally: str, title: str = "bnfold summary") -> None:
+    """The batch summary, readable at 80 columns.
+
+    stdout: a table (model names in full, wrapped rather than shortened) and the tally
+    line; stderr: one ``model: reason`` line per failure, shortened to the width.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="bnfold summary")
-    for col in ("model", "status", "BN folded", "Dropout removed", "verified", "output / error"):
-        table.add_column(col)
-    for o in outcomes:
-        bn = dr = "-"
-        if o.report is not None:
-            c = o.report.counts()
-            bn = f"{c['batchnorm']['folded']}/{c['batchnorm']['found']}"
-            dr = f"{c['dropout']['removed']}/{c['dropout']['found']}"
-        verified = "-" if o.verification is None else ("yes" if o.verification else "NO")
-        status = {"ok": "[green]ok[/]", "error": "[red]error[/]"}.get(o.status, "[red]FAIL[/]")
-        table.add_row(o.model, status, bn, dr, verified, o.error or (o.output or ""))
-    Console().print(table)
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    columns = list(cases[0].columns) if cases else []
+    longest = max((len(c.name) for c in cases), default=5)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("model", overflow="fold", min_width=min(longest, max(out.width - 45, 10)))
+    table.add_column("status", overflow="fold")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for case in cases:
+        status = f"[{STATUS_STYLE[case.status]}]{STATUS_WORDS[case.status]}[/]"
+        table.add_row(case.name, status, *case.columns.values(), style=None)
+    out.print(table)
+    shortened = False
+    for case in cases:
+        if case.status != "passed":
+            line, cut = fit(f"{case.name}: {case.message}", err.width)
+            shortened |= cut
+            err.print(line, markup=False, soft_wrap=True)
+    if shortened:
+        err.print("(reasons shortened to fit; --json has them in full)", soft_wrap=True)
+    out.print(tally, markup=False, soft_wrap=True)
+
+
+def fit(line: str, width: int) -> tuple[str, bool]:
+    """``line`` cut to ``width`` columns with an ellipsis; True when it was cut."""
+    if len(line) <= width:
+        return line, False
+    return line[: max(width - 1, 1)] + "…", True
 
 
 @contextlib.contextmanager
-def batch_progress(total: int, *, enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr (only on a terminal); yields ``advance(label)``."""
+def batch_progress(
+    total: int, *, enabled: bool
+) -> Iterator[tuple[Callable[[str], None], Callable[[str, str], None]]]:
+    """A rich progress bar on stderr (only on a terminal).
+
+    Yields ``advance(name)`` (a model finished) and ``stage(name, stage)`` (a stage began).
+    """
     import sys
 
     if not enabled or total < 2 or not sys.stderr.isatty():
-        yield lambda label: None
+        yield (lambda name: None), (lambda name, stage: None)
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as progress:
+    with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("folding", total=total)
-        yield lambda label: progress.update(task, advance=1, description=label)
+        yield (
+            lambda name: progress.update(task, advance=1),
+            lambda name, stage: progress.update(task, description=f"{name}: {stage}"),
+        )
+
+
+BIG_MODEL_BYTES = 100_000_000
+STAGES = ("load", "fold", "verify", "write")
+
+
+@contextlib.contextmanager
+def stage_progress(path: Any, *, enabled: bool) -> Iterator[Callable[[str], None] | None]:
+    """For one model over 100 MB on a terminal: a bar over load / fold / verify / write.
+
+    Yields the ``progress(stage)`` callback for ``fold_file``, or None when not shown.
+    """
+    import sys
+    from pathlib import Path
+
+    try:
+        big = Path(path).stat().st_size > BIG_MODEL_BYTES
+    except OSError:
+        big = False
+    if not enabled or not big or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"{Path(path).name}: load", total=len(STAGES))
+
+        def on_stage(stage: str) -> None:
+            done = STAGES.index(stage) if stage in STAGES else len(STAGES) - 1
+            progress.update(task, completed=done, description=f"{Path(path).name}: {stage}")
+
+        yield on_stage
 
 
 def _mb(n: int) -> str:

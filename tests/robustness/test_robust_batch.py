@@ -1,7 +1,8 @@
 """Many models in one run: parallel workers, one bad model never stops the others.
 
 The shape a model-zoo CI job needs: every good model written, every bad one reported,
-a summary table (or ``--json``) at the end, exit 2 when anything failed.
+a summary table (or ``--json``) at the end, readable at 80 columns, exit 2 when anything
+failed, and no output folder when nothing was written.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from click.testing import CliRunner
 from support.robust_corpus import CORPUS, good_model, save, save_external
 
 from bnfold import batch
+from bnfold.ci.cases import reason_of
 from bnfold.cli.main import cli
-from bnfold.workflow import fold_file
+from bnfold.cli.render import fit
+from bnfold.workflow import FoldFileOptions, fold_file
 
 ENTRY = "from bnfold.cli.main import main; main()"
 
@@ -61,17 +64,148 @@ def test_bad_model_among_good_ones_with_two_workers(zoo: Path) -> None:
     table = proc.stdout
     assert "bnfold summary" in table
     assert sorted(table_statuses(table)) == ["error", "ok", "ok"], table
-    assert "variance is" in table  # the bad model's reason is in its row
+    assert "variance is" in proc.stderr  # the bad model's reason, under the table
+    assert table.splitlines()[-1] == "3 models: 2 folded, 0 not equivalent, 1 failed"
 
 
 def table_statuses(table: str) -> list[str]:
-    """The status cell of each row of the rich summary table (cells may wrap)."""
+    """The status cell of each row of the summary table (model names have no spaces)."""
     statuses = []
     for line in table.splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) > 3 and cells[2] in ("ok", "error", "FAIL"):
-            statuses.append(cells[2])
+        cells = line.split()
+        if len(cells) > 2 and cells[1] in ("ok", "error", "not-equivalent"):
+            statuses.append(cells[1])
     return statuses
+
+
+BROKEN = (
+    "empty-file",
+    "truncated",
+    "random-bytes",
+    "image-renamed",
+    "checker-failure",
+    "bn-param-wrong-length",
+    "bn-params-vs-channels",
+    "negative-variance",
+    "nan-bn-param",
+    "inf-weight",
+    "missing-initializer",
+    "unknown-opset",
+)
+
+
+@pytest.fixture
+def broken_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """12 broken models deep in a folder; file name → its one-line reason."""
+    folder = tmp_path / "team" / "shared" / "exported" / "onnx" / "models"
+    folder.mkdir(parents=True)
+    expected = {}
+    for name in BROKEN:
+        path = CORPUS[name](folder).path
+        outcome = fold_file(path, FoldFileOptions(output=tmp_path / "never.onnx"))
+        assert outcome.error and not outcome.written
+        expected[path.name] = reason_of(str(path), outcome.error)
+    return folder, expected
+
+
+def test_regression_broken_folder_at_80_columns_is_unreadable_and_writes_a_folder(
+    broken_folder: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """12 broken models at 100 columns: every model cell showed the same ellipsised folder
+    prefix, each error wrapped one word per line, everything went to stdout, and the empty
+    output folder was created. Now: names in full, one line per failure on stderr within
+    80 columns, a count line, nothing written."""
+    folder, expected = broken_folder
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-c", ENTRY, str(folder), "-o", str(out), "-j", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for line in (proc.stdout + proc.stderr).splitlines():
+        assert len(line) <= 80, line
+    assert "…" not in proc.stdout  # model names are never shortened
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert sorted(r[0] for r in rows if len(r) > 1 and r[1] == "error") == sorted(expected)
+    failures = [line for line in proc.stderr.splitlines() if not line.startswith("(")]
+    assert len(failures) == 12, proc.stderr
+    for line, (name, reason) in zip(failures, sorted(expected.items()), strict=True):
+        assert line == fit(f"{name}: {reason}", 80)[0]  # named, its reason, one line
+    assert proc.stdout.splitlines()[-1] == "12 models: 0 folded, 0 not equivalent, 12 failed"
+    assert not out.exists()
+
+
+def test_regression_a_model_failing_verification_left_an_empty_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output folder was made before folding; a run that wrote nothing (here: the only
+    model is not equivalent) left it behind. It is now made on the first write, and a
+    folder the run made for a temporary file is removed again when it stays empty."""
+    import bnfold.foldmath
+
+    real = bnfold.foldmath.bn_scale_shift
+    monkeypatch.setattr(
+        bnfold.foldmath, "bn_scale_shift", lambda *a: (real(*a)[0], real(*a)[1] + 0.5)
+    )
+    for i in (1, 2):
+        save(good_model(seed=i), tmp_path / f"m{i}.onnx")
+    out = tmp_path / "new" / "out"
+    result = CliRunner().invoke(
+        cli, [str(tmp_path / "m1.onnx"), str(tmp_path / "m2.onnx"), "-o", str(out), "-j", "1"]
+    )
+    assert result.exit_code == 1, result.output  # the worst per-model code
+    assert result.stdout.splitlines()[-1] == "2 models: 0 folded, 2 not equivalent, 0 failed"
+    assert not (tmp_path / "new").exists()
+
+
+def test_exit_code_is_the_worst_per_model_code(tmp_path: Path) -> None:
+    save(good_model(seed=1), tmp_path / "a.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"")
+    ok = CliRunner().invoke(cli, [str(tmp_path / "a.onnx"), str(tmp_path / "a.onnx"), "-j", "1"])
+    assert ok.exit_code == 0, ok.output
+    worst = CliRunner().invoke(cli, [str(tmp_path), "-j", "1", "--no-verify"])
+    assert worst.exit_code == 2
+    assert worst.stderr.splitlines() == ["junk.onnx: file is empty"]
+
+
+def test_regression_batch_progress_bar_was_drawn_on_stdout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich's Progress defaulted to stdout; on a terminal it now draws on stderr only."""
+    from bnfold.cli import render
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with render.batch_progress(3, enabled=True) as (advance, stage):
+        stage("a.onnx", "fold")
+        advance("a.onnx")
+    assert capsys.readouterr().out == ""
+    with render.batch_progress(3, enabled=False) as (advance, stage):
+        advance("a.onnx")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_stage_progress_only_for_big_models_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold.cli import render
+
+    path = save(good_model(), tmp_path / "m.onnx")
+    with render.stage_progress(path, enabled=True) as on_stage:
+        assert on_stage is None  # not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with render.stage_progress(path, enabled=True) as on_stage:
+        assert on_stage is None  # small
+    monkeypatch.setattr(render, "BIG_MODEL_BYTES", 0)
+    seen: list[str] = []
+    with render.stage_progress(path, enabled=True) as on_stage:
+        assert on_stage is not None
+        outcome = fold_file(path, None, lambda s: (seen.append(s), on_stage(s)))
+    assert outcome.written
+    assert seen == ["load", "fold", "write", "verify", "write"]
 
 
 def test_json_has_one_entry_per_model(zoo: Path) -> None:
@@ -130,7 +264,7 @@ def test_two_models_writing_the_same_output_are_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "would both be written to" in result.stderr
-    assert not any(out.iterdir())
+    assert not out.exists()  # the output folder is made only when something is written
 
 
 def test_missing_and_corrupt_files_in_a_batch(zoo: Path, tmp_path: Path) -> None:
@@ -197,8 +331,9 @@ def test_ctrl_c_stops_the_batch_and_writes_nothing_more(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip() == "bnfold: error: interrupted"
-    assert not any("bnfold-tmp" in p.name for p in out.iterdir())
-    written = {p.name for p in out.iterdir() if p.suffix == ".onnx"}
+    left = list(out.iterdir()) if out.is_dir() else []  # removed when nothing was written
+    assert not any("bnfold-tmp" in p.name for p in left)
+    written = {p.name for p in left if p.suffix == ".onnx"}
     # A commit already in flight when the signal lands may finish (the rename is atomic);
     # whatever is there must be whole, and the queued last model must never start.
     assert len(written - written_before) <= 2, (written_before, written)
