@@ -13,11 +13,13 @@ from __future__ import annotations
 from bnfold.torch.api import TorchFoldResult, fold_module
 from bnfold.torch.dropout import register_dropout
 from bnfold.torch.registry import BNParams, register_batchnorm, unregister_batchnorm
+from bnfold.torch.saving import load_folded
 
 __all__ = [
     "BNParams",
     "TorchFoldResult",
     "fold_module",
+    "load_folded",
     "register_batchnorm",
     "register_dropout",
     "unregister_batchnorm",

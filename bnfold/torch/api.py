@@ -23,7 +23,7 @@ from bnfold.errors import InputError, NotEquivalentError
 from bnfold.keep import KeepList
 from bnfold.report import FoldReport, ReportEntry
 from bnfold.torch.adjacency_fold import plan_adjacency_folds, set_module
-from bnfold.torch.compare import Reference, TorchComparison
+from bnfold.torch.compare import Reference, TorchComparison, run
 from bnfold.torch.dropout import (
     FUNCTIONAL_DROPOUT,
     functional_training_flag,
@@ -36,8 +36,9 @@ from bnfold.torch.fx_fold import GraphFolder, Outcome, Shapes
 from bnfold.torch.fx_shapes import static_shapes
 from bnfold.torch.keep import finish_kept, mark_kept
 from bnfold.torch.recording import record
-from bnfold.torch.registry import is_batchnorm_like
-from bnfold.torch.tracing import Region, find_regions, validate_regions
+from bnfold.torch.registry import is_batchnorm_like, match_batchnorm
+from bnfold.torch.saving import save_folded
+from bnfold.torch.tracing import Region, find_regions, trace, validate_regions
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +51,19 @@ class TorchFoldResult:
     report: FoldReport
     verification: TorchComparison | None = None
     trace_failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def max_error(self) -> float | None:
         """Largest absolute output difference vs the original on the example inputs."""
         return None if self.verification is None else self.verification.max_error
 
-    def save(self, path: str | Path, *, state_dict: bool = False) -> Path:
-        """``torch.save`` the whole module (load with ``weights_only=False``) or its state_dict."""
-        path = Path(path)
-        torch.save(self.model.state_dict() if state_dict else self.model, path)
-        return path
+    def save(self, path: str | Path) -> Path:
+        """Write safetensors weights plus the fold manifest (no pickled classes).
+
+        Rebuild with ``bnfold.torch.load_folded(MyModel, path)`` (see :mod:`.saving`).
+        """
+        return save_folded(self, path)
 
     def describe(self) -> str:
         parts = [self.report.describe()]
@@ -104,6 +107,14 @@ def fold_module(
     return result
 
 
+def replay_folds(module: nn.Module, manifest: dict[str, Any], example_inputs: Any) -> nn.Module:
+    """Apply the folds a saved manifest lists to a copy of ``module``, checking nothing."""
+    folder = _Folder(module, None, verify=False, adjacency=False, rtol=0.0, atol=0.0)
+    folder.replay = manifest
+    folder.inputs = _as_tuple(example_inputs)
+    return folder.run(strict=False).model
+
+
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...] | None:
     if example_inputs is None:
         return None
@@ -145,12 +156,16 @@ class _Folder:
         self.ref = Reference(self.model, inputs, rtol=rtol, atol=atol) if inputs else None
         self.outcomes: list[Outcome] = []
         self.failures: dict[str, str] = {}
+        self.replay: dict[str, Any] | None = None  # a saved manifest to apply as it is
+        self.saved: dict[str, Any] = {"regions": [], "bn_swaps": []}
 
     def run(self, strict: bool) -> TorchFoldResult:
         dropouts: list[ReportEntry] = []
         self.model = strip_dropout_modules(self.model, dropouts)
         self._fold_regions(dropouts)
-        if self.adjacency:
+        if self.replay is not None:
+            self._replay_swaps()
+        elif self.adjacency:
             self._fold_adjacent(dropouts)
         else:
             self._report_untraced()
@@ -158,6 +173,8 @@ class _Folder:
         self.model.eval()
         verification = self.ref.compare(self.model) if self.ref is not None else None
         evidence = "proven" if verification is None else "verified" if verification else None
+        if self.replay is not None:
+            evidence = "restored"
         self.report.entries.extend(
             with_evidence(o.entry, evidence or "not verified") for o in self.outcomes
         )
@@ -168,7 +185,9 @@ class _Folder:
             self.report.warn("the folded module differs from the original beyond fp32 noise")
             if strict:
                 raise NotEquivalentError(verification.describe())
-        return TorchFoldResult(self.model, self.report, verification, self.failures)
+        return TorchFoldResult(
+            self.model, self.report, verification, self.failures, manifest=self.saved
+        )
 
     # -- fx regions -------------------------------------------------------------------
     def _fold_regions(self, dropouts: list[ReportEntry]) -> None:
@@ -178,7 +197,11 @@ class _Folder:
             entries: list[ReportEntry] = []
             changed = remove_functional_dropout(gm, region.path, entries, self.keep)
             changed |= remove_identity_nodes(gm)
-            folder = GraphFolder(gm, region.path, self._shapes(region))
+            only = None
+            if self.replay is not None:
+                saved = {r["path"]: r["folded"] for r in self.replay["regions"]}
+                only = set(saved.get(region.path, []))
+            folder = GraphFolder(gm, region.path, self._shapes(region), only=only)
             try:
                 changed |= folder.run()
             except Exception as exc:  # a broken graph rewrite: keep the original region
@@ -200,15 +223,18 @@ class _Folder:
                 continue
             self.outcomes.extend(folder.outcomes)
             dropouts.extend(entries)
+            folded = [o.entry.name for o in folder.outcomes if o.entry.status == "folded"]
+            self.saved["regions"].append({"path": region.path, "folded": folded})
 
     def _shapes(self, region: Region) -> Shapes:
         """Shapes proven by the graph, overridden by those recorded on the example inputs."""
         shapes: Shapes = dict(static_shapes(region.gm))
-        if self.ref is not None:
-            shapes.update(region.shapes)
+        shapes.update(region.shapes)
         return shapes
 
     def _regions(self) -> list[Region]:
+        if self.replay is not None:
+            return self._replay_regions()
         regions, self.failures = find_regions(self.model)
         for path, why in self.failures.items():
             self.report.warn(f"torch.fx cannot trace '{path}' ({why}); folding its parts instead")
@@ -230,6 +256,36 @@ class _Folder:
             if not pending:
                 break
         return good
+
+    def _replay_regions(self) -> list[Region]:
+        assert self.replay is not None
+        regions = []
+        for saved in self.replay["regions"]:
+            path = saved["path"]
+            module = self.model.get_submodule(path) if path else self.model
+            gm = trace(module)
+            if isinstance(gm, str):
+                raise InputError(f"cannot trace '{path or '<root>'}' as when it was saved: {gm}")
+            regions.append(Region(path, module, gm))
+        if self.inputs is not None:  # record shapes for folds proven on them
+            validate_regions(self.model, regions, self._runs, install)
+        return regions
+
+    def _runs(self, model: nn.Module) -> bool:
+        assert self.inputs is not None
+        run(model, self.inputs)
+        return True
+
+    def _replay_swaps(self) -> None:
+        assert self.replay is not None
+        for swap in self.replay["bn_swaps"]:
+            bn = self.model.get_submodule(swap["paths"][0])
+            match = match_batchnorm(bn)
+            rest = match.remainder if match is not None else None
+            if swap["remainder"] != (rest is not None):
+                raise InputError(f"'{swap['paths'][0]}' is not the BN module that was saved")
+            for path in swap["paths"]:
+                set_module(self.model, path, rest if rest is not None else nn.Identity())
 
     def _matches(self, model: nn.Module | None = None) -> bool:
         assert self.ref is not None
@@ -278,6 +334,10 @@ class _Folder:
                         )
                     )
             folds = kept
+        for fold in folds:
+            bn_swap = fold.swaps[-1]
+            remainder = not isinstance(bn_swap.new, nn.Identity)
+            self.saved["bn_swaps"].append({"paths": bn_swap.paths, "remainder": remainder})
         for bn, entry in [(f.bn, f.entry) for f in folds] + left:
             mine = by_module.get(id(bn), [])
             if mine:

@@ -7,11 +7,12 @@ from typing import Literal
 
 from bnfold.report import ReportEntry
 
-Evidence = Literal["verified", "proven", "not verified"]
+Evidence = Literal["verified", "proven", "not verified", "restored"]
 EVIDENCE_NOTE = {
     "verified": "verified numerically on the example inputs",
     "proven": "proven structurally from the traced graph (no example inputs)",
     "not verified": "not confirmed: the folded module differs from the original",
+    "restored": "restored from a saved manifest",
 }
 
 

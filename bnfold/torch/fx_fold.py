@@ -22,6 +22,7 @@ from torch import fx, nn
 from bnfold import patterns
 from bnfold.report import ReportEntry
 from bnfold.torch import fx_reparam, layers
+from bnfold.torch.fx_axes import map_axis_back
 from bnfold.torch.fx_graph import (
     CAT,
     describe_node,
@@ -29,9 +30,7 @@ from bnfold.torch.fx_graph import (
     has_path,
     is_add,
     is_layout,
-    op_name,
     output_nodes,
-    permutation,
     real_users,
 )
 from bnfold.torch.registry import BNMatch, is_batchnorm_like, match_batchnorm
@@ -231,24 +230,10 @@ class GraphFolder:
         if not isinstance(src, fx.Node):
             return "a layout op of a constant"
         out, inp = self.shape(node), self.shape(src)
-        name = op_name(node)
         where = describe_node(node, self.gm)
         if out is None or inp is None:
             return f"BN follows {where}: needs example_inputs to prove which axis BN normalises"
-        if name == "contiguous":
-            new_axis: int | None = axis
-        elif name in ("transpose", "permute"):
-            perm = permutation(node, len(inp))
-            new_axis = perm[axis] if perm else None
-        else:
-            new_axis = next(
-                (
-                    b
-                    for b in range(len(inp))
-                    if patterns.same_channel_axis(out, axis, len(s), inp, b)
-                ),
-                None,
-            )
+        new_axis = map_axis_back(node, out, inp, axis, len(s))
         if new_axis is None:
             return f"the layer's feature axis does not survive {where}"
         return self._plan_output(src, node, new_axis, s, t, depth + 1, kinds)

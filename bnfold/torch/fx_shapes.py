@@ -31,9 +31,10 @@ from bnfold.torch.registry import is_batchnorm_like, match_batchnorm
 
 logger = logging.getLogger(__name__)
 
-Dims = tuple[int | None, ...]
+Dims = tuple[Any, ...]  # int | Sym | None per dim
 StaticShapes = dict[fx.Node, set[tuple[int | None, ...] | None]]
 RANKS = range(1, 7)
+PREFIX_KEY = "bnfold_reshape_prefix"
 MAX_INPUTS = 2  # more tensor inputs: too many rank combinations, nothing is proven
 
 
@@ -41,11 +42,20 @@ class Impossible(Exception):
     """The original model raises for every input of the assumed ranks."""
 
 
+class Sym:
+    """An unknown dim with an identity: ``x.shape[0]`` reused in a reshape is the same size."""
+
+
+def _k(d: Any) -> int | None:
+    """The dim's size when known."""
+    return d if type(d) is int else None
+
+
 class T:
-    """A tensor of known rank; ``None`` marks an unknown dim."""
+    """A tensor of known rank; dims are ints, :class:`Sym` (unknown, named) or ``None``."""
 
     def __init__(self, dims: Any) -> None:
-        self.dims: Dims = tuple(d if isinstance(d, int) else None for d in dims)
+        self.dims: Dims = tuple(d if type(d) is int or isinstance(d, Sym) else None for d in dims)
 
 
 class Size:
@@ -56,7 +66,13 @@ class Size:
 
 
 def static_shapes(gm: fx.GraphModule) -> StaticShapes:
-    """Per node, the set of shapes over every input rank the graph accepts (``None``: unknown)."""
+    """Per node, the set of shapes over every input rank the graph accepts (``None``: unknown).
+
+    Reshape/view nodes also get ``node.meta[PREFIX_KEY]``: how many leading dims they keep
+    (the same sizes, known or named), so the channel axis inside that prefix maps to itself.
+    """
+    for node in gm.graph.nodes:
+        node.meta.pop(PREFIX_KEY, None)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
     if not inputs or len(inputs) > MAX_INPUTS:
         return {}
@@ -72,7 +88,12 @@ def static_shapes(gm: fx.GraphModule) -> StaticShapes:
             return {}
         accepted += 1
         for node, value in env.items():
-            out.setdefault(node, set()).add(value.dims if isinstance(value, T) else None)
+            shape = tuple(_k(d) for d in value.dims) if isinstance(value, T) else None
+            out.setdefault(node, set()).add(shape)
+            if node.op in ("call_method", "call_function") and op_name(node) in ("reshape", "view"):
+                src = env.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+                keep = _common_prefix(src, value)
+                node.meta[PREFIX_KEY] = min(node.meta.get(PREFIX_KEY, keep), keep)
     return out if accepted else {}
 
 
@@ -131,7 +152,7 @@ class _Propagator:
     def eval(self, node: fx.Node) -> Any:
         if node.op == "placeholder":
             if node in self.ranks:
-                return T([None] * self.ranks[node])
+                return T([Sym() for _ in range(self.ranks[node])])
             return node.args[0] if node.args else None
         if node.op == "get_attr":
             attr = _attr(self.gm, str(node.target))
@@ -264,7 +285,7 @@ def _layer(m: nn.Module, kind: str, dims: Dims) -> T:
     if kind == "Linear":
         if not dims:
             raise Impossible("Linear on a 0-d tensor")
-        if dims[-1] is not None and dims[-1] != m.in_features:
+        if _k(dims[-1]) is not None and dims[-1] != m.in_features:
             raise Impossible("Linear input width")
         return T((*dims[:-1], m.out_features))
     wd = m.weight.dim()
@@ -272,16 +293,19 @@ def _layer(m: nn.Module, kind: str, dims: Dims) -> T:
         raise Impossible(f"{kind} expects rank {wd - 1} or {wd}")
     batched = len(dims) == wd
     ch = 1 if batched else 0
-    if dims[ch] is not None and dims[ch] != layers.in_channels(m):
+    if _k(dims[ch]) is not None and dims[ch] != layers.in_channels(m):
         raise Impossible(f"{kind} input channels")
     spatial = tuple(_spatial(m, kind, i, n) for i, n in enumerate(dims[ch + 1 :]))
     return T((*dims[:ch], layers.out_channels(m), *spatial))
 
 
 def _spatial(m: nn.Module, kind: str, i: int, n: int | None) -> int | None:
-    if n is None or isinstance(m.padding, str):
-        return n if m.padding == "same" else None
-    k, s, d, p = m.kernel_size[i], m.stride[i], m.dilation[i], m.padding[i]
+    k, s, d = m.kernel_size[i], m.stride[i], m.dilation[i]
+    p = 0 if m.padding == "valid" else (d * (k - 1)) // 2 if m.padding == "same" else m.padding[i]
+    if kind == "Conv" and s == 1 and (m.padding == "same" or 2 * p == d * (k - 1)):
+        return n  # size kept: known or named
+    if _k(n) is None:
+        return None
     if kind == "ConvTranspose":
         return (n - 1) * s - 2 * p + d * (k - 1) + m.output_padding[i] + 1
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -298,7 +322,7 @@ def _batchnorm(m: nn.Module, dims: Dims) -> T | None:
                 raise Impossible(f"{cls.__name__} on rank {len(dims)}")
         if len(dims) < 2:
             raise Impossible("BN on rank < 2")
-        if dims[1] is not None and dims[1] != m.num_features:
+        if _k(dims[1]) is not None and dims[1] != m.num_features:
             raise Impossible("BN channels")
         return T(dims)
     match = match_batchnorm(m)
@@ -324,7 +348,7 @@ def _flatten(dims: Dims, start: Any, end: Any) -> Dims:
     if a > b:
         raise Impossible("flatten start after end")
     merged = dims[a : b + 1]
-    size = math.prod(merged) if all(d is not None for d in merged) else None  # type: ignore[arg-type]
+    size = math.prod(merged) if all(_k(d) is not None for d in merged) else None
     return (*dims[:a], size, *dims[b + 1 :])
 
 
@@ -335,12 +359,14 @@ def _shape_args(shape: list[Any]) -> list[Any]:
 
 
 def _reshape(dims: Dims | None, shape: list[Any]) -> Dims:
-    out = [d if type(d) is int else None for d in shape]
+    out = [d if type(d) is int or isinstance(d, Sym) else None for d in shape]
     if -1 in out:
         known = [d for d in out if d not in (-1, None)]
-        full = dims is not None and all(d is not None for d in dims)
+        full = dims is not None and all(_k(d) is not None for d in dims)
         total = math.prod(dims) if full else None  # type: ignore[arg-type]
-        fill = None if total is None or None in out else total // max(math.prod(known), 1)
+        fill = None
+        if total is not None and all(_k(d) is not None for d in out):
+            fill = total // max(math.prod(known), 1)
         out = [fill if d == -1 else d for d in out]
     return tuple(out)
 
@@ -359,18 +385,30 @@ def _permute(dims: Dims, name: str, args: list[Any]) -> Dims:
     return tuple(dims[p] for p in perm)
 
 
+def _common_prefix(src: Any, out: Any) -> int:
+    """Leading dims a reshape keeps: the same int, or the same named unknown size."""
+    if not isinstance(src, T) or not isinstance(out, T):
+        return 0
+    n = 0
+    for a, b in zip(src.dims, out.dims, strict=False):
+        if a is None or b is None or not (a is b or (_k(a) is not None and a == b)):
+            break
+        n += 1
+    return n
+
+
 def _split(dims: Dims, sizes: Any, dim: Any) -> tuple[T, ...] | None:
     axis = _axis(dim, len(dims))
     if not isinstance(sizes, (list, tuple)) or not all(type(n) is int for n in sizes):
         return None
-    if dims[axis] is not None and sum(sizes) != dims[axis]:
+    if _k(dims[axis]) is not None and sum(sizes) != dims[axis]:
         raise Impossible("split sizes do not add up")
     return tuple(T((*dims[:axis], n, *dims[axis + 1 :])) for n in sizes)
 
 
 def _squeeze(dims: Dims, dim: Any) -> T | None:
     axes = range(len(dims)) if dim is None else [_axis(dim, len(dims))]
-    if any(dims[a] is None for a in axes):
+    if any(_k(dims[a]) is None for a in axes):
         return None
     return T(d for i, d in enumerate(dims) if not (i in axes and d == 1))
 
@@ -400,14 +438,14 @@ def _broadcast_dims(a: Dims, b: Dims) -> Dims:
     b = (1,) * (n - len(b)) + b
     out: list[int | None] = []
     for x, y in zip(a, b, strict=True):
-        if x is not None and y is not None and x != y and 1 not in (x, y):
+        if _k(x) is not None and _k(y) is not None and x != y and 1 not in (x, y):
             raise Impossible("shapes do not broadcast")
         if x == y or y == 1:
             out.append(x)
         elif x == 1:
             out.append(y)
         else:  # one is unknown, the other a size n: n if n > 1 (the unknown is 1 or n)
-            known = x if x is not None else y
+            known = _k(x) if _k(x) is not None else _k(y)
             out.append(known if known is not None and known != 1 else None)
     return tuple(out)
 
@@ -423,9 +461,10 @@ def _cat(tensors: Any, dim: Any) -> T | None:
     for i in range(rank):
         column = [t.dims[i] for t in tensors]
         if i == axis:
-            out.append(sum(column) if None not in column else None)  # type: ignore[arg-type]
+            full = all(_k(d) is not None for d in column)
+            out.append(sum(column) if full else None)
         else:
-            known = {d for d in column if d is not None}
+            known = {d for d in column if _k(d) is not None}
             if len(known) > 1:
                 raise Impossible("cat of mismatched shapes")
             out.append(known.pop() if known else None)

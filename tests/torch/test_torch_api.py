@@ -34,15 +34,15 @@ def test_fold_dispatches_nn_modules_and_reports() -> None:
     assert "equivalent" in text
 
 
-def test_save_and_reload_full_module_and_state_dict(tmp_path: object) -> None:
+def test_save_writes_safetensors_and_reloads_from_the_model_class(tmp_path: object) -> None:
     x = torch.randn(1, 3, 6, 6)
     result = bnfold.fold(_small(), example_inputs=(x,))
-    full = result.save(tmp_path / "m.pt")  # type: ignore[operator]
-    states = result.save(tmp_path / "sd.pt", state_dict=True)  # type: ignore[operator]
-    loaded = torch.load(full, weights_only=False)
+    path = result.save(tmp_path / "m.safetensors")  # type: ignore[operator]
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors JSON header, not a pickle
+    loaded = bnfold.torch.load_folded(_small, path)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x))
-    assert set(torch.load(states)) == set(result.model.state_dict())
+    assert set(loaded.state_dict()) == set(result.model.state_dict())
 
 
 @pytest.mark.parametrize("bug", ["channel", "eps", "scale_twice"])
