@@ -43,17 +43,28 @@ __all__ = [
 
 
 def fold(model: Any, **options: Any) -> Any:
-    """Fold BatchNorm and strip Dropout in an ONNX model or a torch ``nn.Module``.
+    """Fold BatchNorm and strip Dropout in an ONNX model, ``nn.Module`` or exported program.
 
     ONNX input (a path, ``onnx.ModelProto`` or ``onnx_ir.Model``) returns an
     :class:`bnfold.onnx.api.OnnxFoldResult`; an ``nn.Module`` returns a
-    :class:`bnfold.torch.api.TorchFoldResult`. Both carry ``.model``, ``.report``
+    :class:`bnfold.torch.api.TorchFoldResult`; a ``torch.export.ExportedProgram`` (or a
+    ``.pt2`` path; ``trust_pickle=True`` to load one that needs unpickling) returns a
+    :class:`bnfold.export.api.ProgramFoldResult`. All carry ``.model``, ``.report``
     and ``.save(path)``.
     """
     if _is_torch_module(model):
         from bnfold.torch.api import fold_module
 
         return fold_module(model, **options)
+    if _is_exported_program(model) or str(model).endswith(".pt2"):
+        from bnfold.export.api import fold_program
+
+        if not _is_exported_program(model):
+            from bnfold.export.archive import load_program
+
+            trust = bool(options.pop("trust_pickle", False))
+            model = load_program(model, trust_pickle=trust)
+        return fold_program(model, **options)
     from bnfold.onnx.api import fold_onnx
 
     return fold_onnx(model, **options)
@@ -71,6 +82,13 @@ def bench(model: Any, **options: Any) -> Any:
     from bnfold.latency.api import bench as _bench
 
     return _bench(model, **options)
+
+
+def _is_exported_program(obj: Any) -> bool:
+    import sys
+
+    export = sys.modules.get("torch.export")
+    return export is not None and isinstance(obj, export.ExportedProgram)
 
 
 def _is_torch_module(obj: Any) -> bool:

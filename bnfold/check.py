@@ -85,11 +85,17 @@ def check_model(model: str | os.PathLike[str] | Any, **fold_options: Any) -> Che
     ``fold_options`` are ``fold_onnx``'s (``assume_eval``, ``keep``, ``keep_dropout``…):
     kept nodes are never "foldable". A bad model raises its BnfoldError.
     """
-    from bnfold.onnx.api import fold_onnx
-
     start = time.perf_counter()
-    result = fold_onnx(model, **fold_options)
-    entries = result.report.entries
+    trust_pickle = bool(fold_options.pop("trust_pickle", False))
+    if str(model).lower().endswith(".pt2"):  # a torch.export archive: bnfold.export
+        from bnfold.export.api import check_program_file
+
+        report = check_program_file(model, trust_pickle=trust_pickle, **fold_options)
+    else:
+        from bnfold.onnx.api import fold_onnx
+
+        report = fold_onnx(model, **fold_options).report
+    entries = report.entries
     foldable = [e for e in entries if e.status in ("folded", "removed")]
     left = [e for e in entries if e.status == "left"]
     kept = [e for e in entries if e.status == "kept"]

@@ -46,6 +46,8 @@ class FoldFileOptions:
     keep_dropout: bool = False
     # Batch mode: the output's folder is created only when this model is written.
     create_output_dir: bool = False
+    # .pt2 archives: load even when torch.export.load would unpickle something.
+    trust_pickle: bool = False
 
 
 Stage = Callable[[str], None]  # progress(stage): "load" | "fold" | "verify" | "write" | "bench"
@@ -130,6 +132,11 @@ def _no_stage(stage: str) -> None:
 
 
 def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome, stage: Stage) -> None:
+    if src.suffix.lower() == ".pt2":  # a torch.export archive: bnfold.export
+        from bnfold.export.workflow import fold_pt2_file
+
+        fold_pt2_file(src, options, outcome, stage)
+        return
     from bnfold.errors import OutputError
     from bnfold.onnx.api import fold_onnx
     from bnfold.onnx.io.files import check_output_path, same_file

@@ -25,6 +25,7 @@ Exit codes: 0 every model is clean; 1 something can still be folded or removed;
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="List every foldable node.")
 @click.option("--assume-eval", is_flag=True, help="Count training-mode BN/Dropout as foldable too.")
+@click.option("--trust-pickle", is_flag=True, help=".pt2 archives: load one that needs unpickling.")
 @ci_options
 @guarded
 def check(
@@ -32,6 +33,7 @@ def check(
     as_json: bool,
     verbose: bool,
     assume_eval: bool,
+    trust_pickle: bool,
     keep: tuple[str, ...],
     keep_dropout: bool,
     fmt: str | None,
@@ -49,7 +51,11 @@ def check(
 
     labels = expand_models_labelled(models)
     results = check_models(
-        list(labels), assume_eval=assume_eval, keep=keep, keep_dropout=keep_dropout
+        list(labels),
+        assume_eval=assume_eval,
+        keep=keep,
+        keep_dropout=keep_dropout,
+        **({"trust_pickle": True} if trust_pickle else {}),
     )
     if len(results) == 1 and results[0].error is not None and not (fmt or junit_xml):
         fail(results[0].error, 2)  # one model: the usual one-line error

@@ -20,6 +20,7 @@ Examples:
   bnfold rec.onnx --inputs batch.npz        verify on real data (arrays keyed by input name)
   bnfold net.onnx --keep-dropout --keep 'head.*'   keep every Dropout and the head's BN
   bnfold zoo/ -o folded/ --junit-xml bnfold.xml    a JUnit report for CI
+  bnfold model.pt2                   a torch.export archive: writes model.folded.pt2
 
 \b
 Exit codes: 0 folded (and verified); 1 the folded model is not equivalent (nothing is
@@ -71,6 +72,12 @@ written unless --force); 2 bad input or usage (one-line message).
     help="Also fold parameters that are graph inputs with defaults (overridable at run time).",
 )
 @click.option("--in-place", is_flag=True, help="Overwrite the input model (atomically).")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help=".pt2 archives: load one whose weights, constants or sample inputs need unpickling "
+    "(refused by default: unpickling can run code).",
+)
 @click.option("--seeds", default=3, show_default=True, help="Random input sets for verification.")
 @click.option(
     "--shape",
@@ -118,6 +125,7 @@ def fold(
     quantize_bias: bool,
     fold_overridable: bool,
     in_place: bool,
+    trust_pickle: bool,
     seeds: int,
     shapes: tuple[str, ...],
     inputs: tuple[str, ...],
@@ -130,7 +138,8 @@ def fold(
 ) -> None:
     """Fold BatchNorm into neighbouring layers and strip Dropout in ONNX MODELS.
 
-    MODELS are .onnx files or folders of them. Each result is verified in onnxruntime
+    MODELS are .onnx files or folders of them, or torch.export .pt2 archives (verified in
+    torch on their example inputs). Each result is verified in onnxruntime
     (graph optimisations disabled on both sides, several random input sets) before it
     is written; the input is never modified unless --in-place.
     """
@@ -159,6 +168,7 @@ def fold(
         inputs=list(inputs),
         keep=keep,
         keep_dropout=keep_dropout,
+        trust_pickle=trust_pickle,
     )
     if (shapes or inputs) and no_verify and not do_bench:
         fail("--shape and --inputs choose verification inputs; they do nothing with --no-verify", 2)

@@ -1,0 +1,188 @@
+"""``fold_program``: fold BatchNorm and strip Dropout in a ``torch.export.ExportedProgram``.
+
+Steps: remove inference Dropout → plan every BN (``plan.py``: the shared rules) → apply
+the plans to a copy (``rewrite.py``) → run original and folded ``ep.module()`` on the
+example inputs and inputs inside the dynamic-shape ranges (``verify.py``, the ONNX side's
+noise-floor judgement) → if they differ, retry the folds one BN at a time and roll back
+each one that fails. The input program is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.export import ExportedProgram
+
+from bnfold.errors import InputError, NotEquivalentError
+from bnfold.export.plan import FoldPlan, plan_program
+from bnfold.export.rewrite import apply_plans, inference_dropouts
+from bnfold.export.verify import ProgramReference, ProgramVerifyResult
+from bnfold.keep import KEPT_REASON, KeepList
+from bnfold.report import FoldReport, ReportEntry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ProgramFoldResult:
+    """The folded program, what happened to each BN/Dropout, and the comparison."""
+
+    program: ExportedProgram
+    report: FoldReport
+    verification: ProgramVerifyResult | None = None
+
+    @property
+    def model(self) -> ExportedProgram:
+        return self.program
+
+    def save(self, path: str | Path) -> Path:
+        """``torch.export.save`` the folded program (a ``.pt2`` archive)."""
+        from bnfold.export.archive import save_program
+
+        return save_program(self.program, Path(path))
+
+    def describe(self) -> str:
+        parts = [self.report.describe()]
+        if self.verification is not None:
+            parts.append(self.verification.describe())
+        return "\n".join(parts)
+
+
+def fold_program(
+    ep: ExportedProgram,
+    *,
+    assume_eval: bool = False,
+    verify: bool = True,
+    seeds: int = 3,
+    strict: bool = False,
+    keep: Sequence[str] | str | None = None,
+    keep_dropout: bool = False,
+) -> ProgramFoldResult:
+    """Fold every foldable BN of ``ep`` into its convolution / linear / addmm / mm producer.
+
+    Training-mode BN is left with a reason unless ``assume_eval`` (then it folds with its
+    running statistics and its statistics updates are dropped). With ``verify`` each fold
+    is proven on example inputs and rolled back if the outputs drift; ``strict`` raises
+    NotEquivalentError when the final program still differs. ``keep`` (fnmatch globs on
+    node names) and ``keep_dropout`` leave those BN / Dropout calls as they are.
+    """
+    if not isinstance(ep, ExportedProgram):
+        raise InputError(f"expected a torch.export.ExportedProgram, got {type(ep).__name__}")
+    with warnings.catch_warnings():  # torch's own pytree deprecation notes, once per module()
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return _fold(ep, assume_eval, verify, seeds, strict, KeepList.of(keep, keep_dropout))
+
+
+def _fold(
+    ep: ExportedProgram, assume_eval: bool, verify: bool, seeds: int, strict: bool, keep: KeepList
+) -> ProgramFoldResult:
+    report, base, plans = _plan(ep, assume_eval, keep)
+    dropouts = [e.name for e in report.entries if e.status == "removed"]
+    reference = ProgramReference(ep, seeds=seeds) if verify and (plans or dropouts) else None
+    if assume_eval and reference is not None and any(_is_training(p, base) for p in plans):
+        reference = ProgramReference(_eval_reference(base, plans), seeds=seeds)
+    accepted, rolled_back, folded, verification = _fold_checked(base, plans, reference)
+    for plan in accepted:
+        report.add(plan.entry())
+    for plan, why in rolled_back:
+        report.add(ReportEntry(plan.bn, plan.kind, "left", into=plan.into, reason=why))
+    report.entries.sort(key=_order(base))
+    if strict and verification is not None and not verification:
+        raise NotEquivalentError("folded program is not equivalent to the original")
+    return ProgramFoldResult(folded, report, verification)
+
+
+def check_program_file(
+    path: Any,
+    *,
+    trust_pickle: bool = False,
+    assume_eval: bool = False,
+    keep: Sequence[str] | str | None = None,
+    keep_dropout: bool = False,
+) -> FoldReport:
+    """What ``fold_program`` would fold or remove in a ``.pt2`` archive (nothing is rewritten)."""
+    from bnfold.export.archive import load_program
+
+    ep = load_program(path, trust_pickle=trust_pickle)
+    report, base, plans = _plan(ep, assume_eval, KeepList.of(keep, keep_dropout))
+    report.entries.extend(plan.entry() for plan in plans)
+    report.entries.sort(key=_order(base))
+    return report
+
+
+def _plan(
+    ep: ExportedProgram, assume_eval: bool, keep: KeepList
+) -> tuple[FoldReport, ExportedProgram, list[FoldPlan]]:
+    """Dropout removed (in a copy) and BN planned; the report holds every non-folded entry."""
+    report = FoldReport()
+    dropouts = []
+    for name in inference_dropouts(ep):
+        if keep.keeps([name], is_dropout=True):
+            report.add(ReportEntry(name, "Dropout", "kept", reason=KEPT_REASON))
+        else:
+            dropouts.append(name)
+            report.add(ReportEntry(name, "Dropout", "removed", pattern="Dropout (train=False)"))
+    base = apply_plans(ep, [], dropouts) if dropouts else ep
+    plans, left = plan_program(base, assume_eval=assume_eval)
+    for plan in list(plans):
+        if keep.keeps([plan.bn], is_dropout=False):
+            plans.remove(plan)
+            report.add(ReportEntry(plan.bn, plan.kind, "kept", reason=KEPT_REASON))
+    for entry in left:
+        if keep.keeps([entry.name], is_dropout=False):
+            entry.status, entry.reason = "kept", KEPT_REASON
+        report.add(entry)
+    return report, base, plans
+
+
+def _fold_checked(
+    base: ExportedProgram, plans: list[FoldPlan], reference: ProgramReference | None
+) -> tuple[list[FoldPlan], list[tuple[FoldPlan, str]], ExportedProgram, Any]:
+    """Apply all plans; on a failure, one at a time, keeping those that stay equivalent."""
+    try:
+        folded = apply_plans(base, plans)
+        verification = reference.compare(folded) if reference is not None else None
+        if verification is None or verification:
+            return plans, [], folded, verification
+    except Exception as err:  # a rewrite torch rejects: find the plan that causes it
+        logger.warning("folding all BN at once failed (%s); trying one at a time", err)
+    accepted: list[FoldPlan] = []
+    rolled_back: list[tuple[FoldPlan, str]] = []
+    for plan in plans:
+        try:
+            candidate = apply_plans(base, [*accepted, plan])
+            result = reference.compare(candidate) if reference is not None else None
+        except Exception as err:
+            rolled_back.append((plan, f"rolled back: the rewritten program fails ({err})"))
+            continue
+        if result is None or result:
+            accepted.append(plan)
+        else:
+            rolled_back.append((plan, f"rolled back: {result.summary()}"))
+    folded = apply_plans(base, accepted)
+    verification = reference.compare(folded) if reference is not None else None
+    return accepted, rolled_back, folded, verification
+
+
+def _is_training(plan: FoldPlan, ep: ExportedProgram) -> bool:
+    from bnfold.export.program import BN_OPS, BnNode
+
+    node = next(n for n in ep.graph_module.graph.nodes if n.name == plan.bn)
+    return BnNode(node, BN_OPS[node.target]).training
+
+
+def _eval_reference(ep: ExportedProgram, plans: list[FoldPlan]) -> ExportedProgram:
+    """The original with training BN read as inference (running statistics), not folded."""
+    from bnfold.export.rewrite import inference_program
+
+    return inference_program(ep, [p.bn for p in plans])
+
+
+def _order(ep: ExportedProgram) -> Any:
+    position = {n.name: i for i, n in enumerate(ep.graph_module.graph.nodes)}
+    return lambda e: position.get(e.name, -1)

@@ -1,0 +1,221 @@
+"""Run an original and a folded ExportedProgram and judge them with the ONNX side's rule.
+
+Input sets: the program's recorded example inputs, then random float values of the same
+shapes, then (with dynamic dims) a set synthesised at other sizes inside
+``ep.range_constraints``. The judgement is ``bnfold.equivalence.compare``'s: per output
+``max|Δ| ≤ max(atol + rtol·max|ref|, floor_factor·floor)``, the floor being the reference's
+own change when float inputs move by 1–2 eps and its float weights by 1 eps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch.export import ExportedProgram
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
+
+from bnfold.equivalence.compare import (
+    DEFAULT_FLOOR_FACTOR,
+    INPUT_ULPS,
+    Floor,
+    default_tolerance,
+    floor_contribution,
+    judge,
+    measure,
+)
+from bnfold.equivalence.result import OutputComparison, VerifyResult
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class ProgramVerifyResult(VerifyResult):
+    """A VerifyResult whose runs were in torch (``ep.module()``), not onnxruntime."""
+
+    def describe(self) -> str:
+        return super().describe().replace(", ORT_DISABLE_ALL", "")
+
+
+@dataclasses.dataclass
+class _Output:
+    name: str
+    runs: list[Any]
+    floor: Floor
+
+
+class ProgramReference:
+    """The original program's outputs on every input set, and its noise floor (computed once)."""
+
+    def __init__(
+        self, ep: ExportedProgram, *, seeds: int = 3, floor_factor: float = DEFAULT_FLOOR_FACTOR
+    ) -> None:
+        self.ep = ep
+        self.floor_factor = floor_factor
+        self.sets = input_sets(ep, seeds)
+        module = ep.module()
+        self.outputs = [run(module, s) for s in self.sets]
+        self.floors = self._floors(module)
+
+    def _floors(self, module: torch.nn.Module) -> list[Floor]:
+        floors = [Floor() for _ in self.outputs[0]]
+        for k in range(2):
+            jittered = _jittered(module, seed=100 + k)
+            for i, inputs in enumerate(self.sets):
+                try:
+                    outs = run(jittered, _nudged(inputs, seed=10 * i + k))
+                except Exception:  # the program rejects moved inputs: input-free floor
+                    outs = run(jittered, inputs)
+                for j, (ref, got) in enumerate(zip(self.outputs[i], outs, strict=True)):
+                    floors[j] = floors[j].merge(floor_contribution(ref, got))
+        return floors
+
+    def compare(self, candidate: ExportedProgram, label: str = "folded") -> ProgramVerifyResult:
+        module = candidate.module()
+        per_output: list[list[Any]] = [[] for _ in self.outputs[0]]
+        for seed, (inputs, ref_outs) in enumerate(zip(self.sets, self.outputs, strict=True)):
+            outs = run(module, inputs)
+            for j, ref in enumerate(ref_outs):
+                cand = outs[j] if j < len(outs) else np.zeros(0, dtype=ref.dtype)
+                per_output[j].append(measure(ref, cand, default_tolerance(ref.dtype), seed))
+        comparisons = []
+        for j, runs in enumerate(per_output):
+            judge(runs, self.floors[j], self.floor_factor)
+            tol = default_tolerance(self.outputs[0][j].dtype)
+            dtype = str(self.outputs[0][j].dtype)
+            comparisons.append(OutputComparison(f"output {j}", dtype, tol.rtol, tol.atol, runs))
+        return ProgramVerifyResult(
+            reference="original program",
+            candidate=label,
+            provider="torch (ExportedProgram.module())",
+            seeds=list(range(len(self.sets))),
+            floor_factor=self.floor_factor,
+            inputs=_describe_inputs(self.sets[0]),
+            outputs=comparisons,
+        )
+
+
+def run(module: torch.nn.Module, inputs: Inputs) -> list[np.ndarray]:
+    """Every tensor output as a numpy array (bfloat16 read as float32)."""
+    args, kwargs = inputs
+    with torch.no_grad():
+        result = module(*args, **kwargs)
+    out = []
+    for leaf in tree_leaves(result):
+        if isinstance(leaf, torch.Tensor):
+            t = leaf.detach().cpu()
+            out.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
+    return out
+
+
+def input_sets(ep: ExportedProgram, seeds: int) -> list[Inputs]:
+    """Example inputs (or synthesised ones) first, then random values; see the module doc."""
+    first = ep.example_inputs
+    if first is None:
+        first = synthesise(ep, seed=0, prefer_hint=True)
+    sets: list[Inputs] = [(tuple(first[0]), dict(first[1]))]
+    for seed in range(1, seeds):
+        sets.append(_random_like(sets[0], seed))
+    if _has_dynamic_dims(ep):
+        with contextlib.suppress(ValueError):  # an input that is not a plain tensor
+            sets.append(synthesise(ep, seed=seeds, prefer_hint=False))
+    return sets
+
+
+def synthesise(ep: ExportedProgram, seed: int, prefer_hint: bool) -> Inputs:
+    """Inputs from the user-input placeholders' shapes, symbolic dims inside their ranges."""
+    gen = torch.Generator().manual_seed(seed)
+    names = set(ep.graph_signature.user_inputs)
+    leaves = []
+    for node in ep.graph_module.graph.nodes:
+        if node.op != "placeholder" or node.name not in names:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise ValueError(f"input {node.name} is not a tensor")
+        shape = [_dim(d, ep, prefer_hint) for d in val.shape]
+        leaves.append(_tensor(shape, val.dtype, gen))
+    args, kwargs = tree_unflatten(leaves, ep.call_spec.in_spec)
+    return tuple(args), dict(kwargs)
+
+
+def _dim(d: Any, ep: ExportedProgram, prefer_hint: bool) -> int:
+    if isinstance(d, int):
+        return d
+    hint = getattr(d.node, "hint", None)
+    if prefer_hint and isinstance(hint, int):
+        return hint
+    rng = ep.range_constraints.get(d.node.expr)
+    if rng is None:
+        if isinstance(hint, int):
+            return hint
+        raise ValueError(f"no range for dim {d}")
+    lo, hi = int(rng.lower), rng.upper
+    choice = 3 if hint != 3 else 5
+    top = int(hi) if hi.is_finite else choice
+    return max(lo, min(top, choice))
+
+
+def _tensor(shape: list[int], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _random_like(inputs: Inputs, seed: int) -> Inputs:
+    gen = torch.Generator().manual_seed(seed)
+    leaves, spec = tree_flatten(inputs)
+    new = [
+        torch.randn(x.shape, generator=gen).to(x.dtype)
+        if isinstance(x, torch.Tensor) and x.dtype.is_floating_point
+        else x
+        for x in leaves
+    ]
+    args, kwargs = tree_unflatten(new, spec)
+    return tuple(args), dict(kwargs)
+
+
+def _nudged(inputs: Inputs, seed: int) -> Inputs:
+    """Float inputs times 1 ± k·eps, k in 1…INPUT_ULPS."""
+    gen = torch.Generator().manual_seed(seed)
+    leaves, spec = tree_flatten(inputs)
+    new = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
+            eps = torch.finfo(x.dtype).eps
+            k = torch.randint(-INPUT_ULPS, INPUT_ULPS + 1, x.shape, generator=gen)
+            x = (x.double() * (1 + k.double() * eps)).to(x.dtype)
+        new.append(x)
+    args, kwargs = tree_unflatten(new, spec)
+    return tuple(args), dict(kwargs)
+
+
+def _jittered(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy whose float parameters and buffers move by one eps (relative)."""
+    copied = copy.deepcopy(module)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in [*copied.parameters(), *copied.buffers()]:
+            if t.dtype.is_floating_point and t.numel():
+                sign = torch.randint(0, 2, t.shape, generator=gen).to(torch.float64) * 2 - 1
+                moved = t.double() * (1 + sign * torch.finfo(t.dtype).eps)
+                t.copy_(moved.to(t.dtype))
+    return copied
+
+
+def _has_dynamic_dims(ep: ExportedProgram) -> bool:
+    return bool(ep.range_constraints)
+
+
+def _describe_inputs(inputs: Inputs) -> dict[str, str]:
+    out = {}
+    for i, leaf in enumerate(tree_leaves(inputs)):
+        if isinstance(leaf, torch.Tensor):
+            dims = "x".join(str(d) for d in leaf.shape)
+            out[f"input {i}"] = f"{str(leaf.dtype).replace('torch.', '')} {dims}"
+    return out
