@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from support.fold_checks import assert_equivalent, export_torch, fold, only_bn, ops, randomize_bn
-from support.graphs import Builder
+from support.graphs import Builder, GraphBuilder
+from support.onnx_checks import assert_equivalent as assert_same_outputs
 from torch import nn
 
+import bnfold
 from bnfold.onnx.plan.layout import map_flat
 
 
@@ -159,3 +162,41 @@ def test_layout_output_shared_is_left() -> None:
     folded, result = fold(model)
     assert "has 2 consumers" in only_bn(result).reason
     assert_equivalent(model, folded)
+
+
+def _dynamic_flatten_levit(opset: int = 13) -> onnx.ModelProto:
+    """Legacy-export LeViT at opset 13: Linear → flatten(0, 1) → BN1d → view, with the
+    flatten spelt ``Reshape(x, Concat(Slice(Shape(x), 0, 2), [-1]))`` (onnx's shape
+    inference cannot see through it, so every later rank is unknown)."""
+    b = GraphBuilder(seed=7)
+    x = b.input("x", [1, 8, 4, 4])
+    shape = b.node("Shape", [x], name="shape")
+    lead = b.node(
+        "Slice",
+        [shape, b.const("s0", np.array([0], np.int64)), b.const("s1", np.array([2], np.int64))],
+        name="lead",
+    )
+    target = b.node("Concat", [lead, b.const("m1", np.array([-1], np.int64))], name="cat", axis=0)
+    y = b.node("Reshape", [x, target], name="to_tokens")  # [1, 8, 16]
+    y = b.node("Transpose", [y], name="tokens_last", perm=[0, 2, 1])  # [1, 16, 8]
+    y = b.node("MatMul", [y, b.weight("fc", [8, 6])], name="fc")  # [1, 16, 6]
+    shape2 = b.node("Shape", [y], name="shape2")
+    flat = b.node("Flatten", [y], name="flatten", axis=2)  # [16, 6]
+    y = b.bn(flat, 6, name="bn")
+    b.node("Reshape", [y, shape2], name="view", outputs=["y"])
+    b.output("y", 3)
+    return b.build(opset=opset)
+
+
+def test_regression_dynamic_flatten_left_every_later_rank_unknown(monkeypatch) -> None:
+    """levit_128s, legacy exporter at opset 11/13: 46 of 52 BN were left ("tensor ranks
+    are unknown"); onnxruntime's symbolic shape inference now fills the ranks in."""
+    model = _dynamic_flatten_levit()
+    result = bnfold.fold(model)
+    assert result.report.counts()["batchnorm"]["folded"] == 1, result.report.describe()
+    assert_same_outputs(model, result.model)
+    from bnfold.onnx.io import symbolic_shapes
+
+    monkeypatch.setattr(symbolic_shapes, "symbolic_value_info", lambda lite: [])
+    without = bnfold.fold(model)
+    assert without.report.counts()["batchnorm"]["left"] == 1  # the case this test guards

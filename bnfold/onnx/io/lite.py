@@ -11,6 +11,8 @@ import logging
 
 import onnx
 
+from bnfold.onnx.io import symbolic_shapes
+
 logger = logging.getLogger(__name__)
 
 SMALL_TENSOR_BYTES = 4096  # shape tensors, axes, scalars stay (data propagation needs them)
@@ -77,7 +79,13 @@ def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     except Exception as err:  # inference is best-effort
         logger.debug("shape inference failed: %s", err)
         return []
+    found = list(inferred.graph.value_info)
+    if symbolic_shapes.ranks_missing(proto.graph, found):
+        shaped = {v.name for v in found if v.type.tensor_type.HasField("shape")}
+        extra = symbolic_shapes.symbolic_value_info(lite)
+        found = [v for v in found if v.name in shaped]
+        found += [v for v in extra if v.name not in shaped and v.type.tensor_type.HasField("shape")]
     known = {v.name for v in proto.graph.value_info}
     known.update(i.name for i in proto.graph.input)
     known.update(o.name for o in proto.graph.output)
-    return [v for v in inferred.graph.value_info if v.name not in known]
+    return [v for v in found if v.name not in known]
