@@ -23,7 +23,7 @@ from bnfold.onnx.plan import layout
 from bnfold.onnx.plan.layers import PRODUCER_OPS, plan_layer_output
 from bnfold.onnx.plan.plan import Plan, combined
 from bnfold.onnx.plan.weights import matmul_bias_add
-from bnfold.onnx.uses import content_uses, replace_output
+from bnfold.onnx.uses import content_uses, is_exclusive, replace_output
 
 MAX_DEPTH = 12
 
@@ -60,8 +60,13 @@ def plan_output_affine(
         kind = "an initializer" if value.is_initializer() else "a graph input"
         return f"'{value.name}' is {kind}; there is no layer to fold into"
     if is_quantize_op(producer):
+        if ctx.options.requantize and is_onnx_op(producer, "DequantizeLinear"):
+            return _through_requantize(ctx, value, producer, axis, scale, shift, depth)
         name = f"{producer.op_type} '{display_name(producer)}'"
-        return f"quantized between the layer and the BN ({name}); fold before quantizing"
+        return (
+            f"quantized between the layer and the BN ({name}); fold before quantizing, "
+            "or use --requantize"
+        )
     pair = None
     if not is_onnx_op(producer, (*PRODUCER_OPS, "Concat")) and not layout.is_layout_op(producer):
         pair = matmul_bias_add(ctx, value)
@@ -239,3 +244,40 @@ def _scale_constant_term(
         node.replace_input_with(index, new_val)
 
     return Plan(apply, [], ["Add"])
+
+
+def _through_requantize(
+    ctx: FoldContext,
+    value: ir.Value,
+    dq: ir.Node,
+    axis: int,
+    scale: np.ndarray,
+    shift: np.ndarray,
+    depth: int,
+) -> Plan | str:
+    """``layer → Q → DQ → BN``: fold into the layer and drop the inner Q/DQ pair (not exact).
+
+    The BN then reads the layer directly; the pair after the BN keeps the quantization.
+    """
+    name = f"DequantizeLinear '{display_name(dq)}'"
+    reason = exclusive_reason(value)
+    if reason is not None:
+        return f"{name} output {reason}"
+    quantized = dq.inputs[0]
+    q = quantized.producer() if quantized is not None else None
+    if q is None or not is_onnx_op(q, "QuantizeLinear") or not is_exclusive(quantized):
+        return f"{name} does not dequantize a QuantizeLinear used only by it"
+    source = q.inputs[0]
+    assert source is not None
+    plan = plan_output_affine(ctx, source, axis, scale, shift, depth + 1)
+    if isinstance(plan, str):
+        return f"through {name}: {plan}"
+
+    def apply() -> None:
+        plan.apply()
+        carrying = q.inputs[0]  # the layer's output, now carrying the map
+        assert carrying is not None
+        user, index = content_uses(value)[0]
+        user.replace_input_with(index, carrying)  # the inner Q/DQ pair is left unused
+
+    return Plan(apply, plan.into, [*plan.path, "QuantizeLinear", "DequantizeLinear"])
