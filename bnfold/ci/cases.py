@@ -68,7 +68,8 @@ def _fold_columns(outcome: Any) -> dict[str, str]:
         c = outcome.report.counts()
         bn = f"{c['batchnorm']['folded']}/{c['batchnorm']['found']}"
         dropout = f"{c['dropout']['removed']}/{c['dropout']['found']}"
-    return {"BN folded": bn, "Dropout removed": dropout, "output": outcome.output or "-"}
+    verified = "-" if outcome.verification is None else ("yes" if outcome.verification else "NO")
+    return {"BN folded": bn, "Dropout removed": dropout, "verified": verified}
 
 
 def check_cases(results: Sequence[Any], labels: Mapping[str, str] | None = None) -> list[CiCase]:

@@ -66,9 +66,8 @@ def render_summary(cases: Sequence[Any], tally: str, title: str = "bnfold summar
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     columns = list(cases[0].columns) if cases else []
-    longest = max((len(c.name) for c in cases), default=5)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("model", overflow="fold", min_width=min(longest, max(out.width - 45, 10)))
+    table.add_column("model", overflow="fold")
     table.add_column("status", overflow="fold")
     for col in columns:
         table.add_column(col, overflow="fold")

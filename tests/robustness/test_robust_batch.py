@@ -139,6 +139,40 @@ def test_regression_broken_folder_at_80_columns_is_unreadable_and_writes_a_folde
     assert not out.exists()
 
 
+def first_column(table: str) -> list[str]:
+    """The model cells of the summary table, wrapped pieces joined."""
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "status"])
+    at = lines[header].index("status")
+    names: list[str] = []
+    for line in lines[header + 2 :]:
+        if not line.strip():
+            break
+        if line[at:].strip():
+            names.append(line[:at].strip())
+        else:
+            names[-1] += line[:at].strip()
+    return names
+
+
+def test_long_names_wrap_whole_at_80_columns(tmp_path: Path) -> None:
+    """Long model names wrap inside their cell and keep every character (an output-path
+    column once made rich crop the table at 80 columns, losing characters)."""
+    names = [
+        "ppyoloe_plus_crn_l_80e_coco_with_a_very_long_export_name.onnx",
+        "resnet50_imagenet_v1.onnx",
+        "m.onnx",
+    ]
+    for i, name in enumerate(names):
+        save(good_model(seed=i), tmp_path / name)
+    result = CliRunner().invoke(
+        cli, [str(tmp_path), "-o", str(tmp_path / "out"), "-j", "1"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    assert first_column(result.stdout) == sorted(names)
+
+
 def test_regression_a_model_failing_verification_left_an_empty_output_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
