@@ -11,6 +11,8 @@ from typing import Any
 
 from bnfold.report import ReportEntry
 
+QUANTIZED_HINT = "quantized between the layer and the BN"
+
 
 @dataclasses.dataclass
 class CheckResult:
@@ -37,7 +39,13 @@ class CheckResult:
         dropouts = len(self.foldable) - len(bns)
         notes = []
         if self.left:
+            quantized = sum(QUANTIZED_HINT in (e.reason or "") for e in self.left)
             notes.append(f"{len(self.left)} cannot fold")
+            if quantized:
+                notes.append(
+                    f"{quantized} quantized between layer and BN: fold before quantizing, "
+                    "or use --requantize"
+                )
         if self.kept:
             notes.append(f"{len(self.kept)} kept by request")
         if not self.foldable:

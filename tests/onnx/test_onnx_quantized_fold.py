@@ -211,3 +211,5 @@ def test_requantize_cli_verifies_in_output_steps(
     assert out.exists()
     plain = CliRunner().invoke(cli, ["check", str(quantized["per_channel"]), "--json"])
     assert "--requantize" in plain.output
+    line = CliRunner().invoke(cli, ["check", str(quantized["per_channel"])]).output.strip()
+    assert "\n" not in line and "fold before quantizing, or use --requantize" in line
