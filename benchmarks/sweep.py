@@ -314,6 +314,10 @@ def parse_report(doc: dict[str, Any]) -> dict[str, Any]:
         "summary": verification.get("summary"),
         "inputs": inputs,
         "shapes": _shapes(inputs),
+        "outputs": [
+            {k: o.get(k) for k in ("name", "passed", "max_abs", "floor", "threshold")}
+            for o in verification.get("outputs") or []
+        ],
     }
 
 

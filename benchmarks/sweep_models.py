@@ -338,8 +338,10 @@ def _extdata(net: Any, inputs: tuple[Any, ...], path: Path) -> None:
 def _training(net: Any, inputs: tuple[Any, ...], path: Path) -> None:
     import torch
 
+    # batch 2: BatchNorm1d on (1, C) refuses to run in training mode
+    batch = tuple(torch.randn(2, *x.shape[1:]) for x in inputs)
     try:
-        _legacy(net, inputs, path, training=torch.onnx.TrainingMode.TRAINING)
+        _legacy(net, batch, path, training=torch.onnx.TrainingMode.TRAINING)
     finally:
         net.eval()
 
