@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 
 from bnfold.errors import InputError, NotEquivalentError
 from bnfold.export.plan import FoldPlan, plan_program
-from bnfold.export.rewrite import apply_plans, inference_dropouts
+from bnfold.export.rewrite import apply_plans, dropouts
 from bnfold.export.verify import ProgramReference, ProgramVerifyResult
 from bnfold.keep import KEPT_REASON, KeepList
 from bnfold.report import FoldReport, ReportEntry
@@ -82,10 +82,15 @@ def _fold(
     ep: ExportedProgram, assume_eval: bool, verify: bool, seeds: int, strict: bool, keep: KeepList
 ) -> ProgramFoldResult:
     report, base, plans = _plan(ep, assume_eval, keep)
-    dropouts = [e.name for e in report.entries if e.status == "removed"]
-    reference = ProgramReference(ep, seeds=seeds) if verify and (plans or dropouts) else None
-    if assume_eval and reference is not None and any(_is_training(p, base) for p in plans):
-        reference = ProgramReference(_eval_reference(base, plans), seeds=seeds)
+    removed = [e for e in report.entries if e.status == "removed"]
+    reference = None
+    if verify and (plans or removed):
+        training = [p for p in plans if _is_training(p, base)]
+        if training or any("train=True" in str(e.pattern) for e in removed):
+            original = _eval_reference(base, training)  # the program read as inference
+        else:
+            original = ep
+        reference = ProgramReference(original, seeds=seeds)
     accepted, rolled_back, folded, verification = _fold_checked(base, plans, reference)
     for plan in accepted:
         report.add(plan.entry())
@@ -120,14 +125,18 @@ def _plan(
 ) -> tuple[FoldReport, ExportedProgram, list[FoldPlan]]:
     """Dropout removed (in a copy) and BN planned; the report holds every non-folded entry."""
     report = FoldReport()
-    dropouts = []
-    for name in inference_dropouts(ep):
+    removed = []
+    for name, train in dropouts(ep):
         if keep.keeps([name], is_dropout=True):
             report.add(ReportEntry(name, "Dropout", "kept", reason=KEPT_REASON))
+        elif train and not assume_eval:
+            why = "Dropout in training mode (train=True); --assume-eval removes it"
+            report.add(ReportEntry(name, "Dropout", "left", reason=why))
         else:
-            dropouts.append(name)
-            report.add(ReportEntry(name, "Dropout", "removed", pattern="Dropout (train=False)"))
-    base = apply_plans(ep, [], dropouts) if dropouts else ep
+            removed.append(name)
+            pattern = "Dropout (train=True, assume_eval)" if train else "Dropout (train=False)"
+            report.add(ReportEntry(name, "Dropout", "removed", pattern=pattern))
+    base = apply_plans(ep, [], removed) if removed else ep
     plans, left = plan_program(base, assume_eval=assume_eval)
     for plan in list(plans):
         if keep.keeps([plan.bn], is_dropout=False):

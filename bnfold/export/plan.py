@@ -146,8 +146,8 @@ def _bn_params(
     program: Program, bn: BnNode
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
     arrays = []
-    for i in (3, 4):
-        t = program.tensor(bn.arg(i))
+    for i in (3, 4):  # a training BN updates them itself; _bn_reason checked the updates
+        t = program.tensor(bn.arg(i), mutated_ok=bn.training)
         if t is None:
             return "BN running statistics are not constants of the program"
         arrays.append(_np(t))

@@ -112,15 +112,19 @@ class Program:
         self.mutated = set(ep.graph_signature.buffers_to_mutate.values())
         self.mutated |= set(ep.graph_signature.user_inputs_to_mutate.values())
 
-    def tensor(self, node: Any) -> torch.Tensor | None:
-        """The constant tensor behind ``node`` (parameter, buffer, lifted constant), or None."""
+    def tensor(self, node: Any, *, mutated_ok: bool = False) -> torch.Tensor | None:
+        """The constant tensor behind ``node`` (parameter, buffer, lifted constant), or None.
+
+        A buffer the program updates is not constant; ``mutated_ok`` reads it anyway (a
+        training BN's own running statistics, read as inference).
+        """
         if not isinstance(node, fx.Node):
             return None
         if node.op == "get_attr":
             value = getattr(self.ep.graph_module, str(node.target), None)
             return value if isinstance(value, torch.Tensor) else None
         spec = self.specs.get(node.name) if node.op == "placeholder" else None
-        if spec is None or spec.target is None or spec.target in self.mutated:
+        if spec is None or spec.target is None or (spec.target in self.mutated and not mutated_ok):
             return None
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
             if spec.kind == InputKind.BUFFER and not spec.persistent:

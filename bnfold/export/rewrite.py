@@ -56,12 +56,12 @@ def inference_program(ep: ExportedProgram, batchnorms: Iterable[str]) -> Exporte
     return rewriter.run([], [])
 
 
-def inference_dropouts(ep: ExportedProgram) -> list[str]:
-    """Dropout calls with ``train=False``: the identity, removable."""
+def dropouts(ep: ExportedProgram) -> list[tuple[str, bool]]:
+    """Every Dropout call as ``(name, train)``; with ``train=False`` it is the identity."""
     return [
-        n.name
+        (n.name, bool(n.args[2]) if len(n.args) > 2 else True)
         for n in ep.graph_module.graph.nodes
-        if n.target in DROPOUT_OPS and len(n.args) > 2 and n.args[2] is False
+        if n.target in DROPOUT_OPS
     ]
 
 

@@ -56,7 +56,7 @@ class ProgramReference:
         self.ep = ep
         self.floor_factor = floor_factor
         self.sets = input_sets(ep, seeds)
-        module = ep.module()
+        module = copy.deepcopy(ep.module())  # copies: buffer updates never reach the caller
         self.outputs = [run(module, s) for s in self.sets]
         self.floors = self._floors(module)
 
@@ -74,7 +74,7 @@ class ProgramReference:
         return floors
 
     def compare(self, candidate: ExportedProgram, label: str = "folded") -> ProgramVerifyResult:
-        module = candidate.module()
+        module = copy.deepcopy(candidate.module())
         per_output: list[list[Any]] = [[] for _ in self.outputs[0]]
         for seed, (inputs, ref_outs) in enumerate(zip(self.sets, self.outputs, strict=True)):
             outs = run(module, inputs)

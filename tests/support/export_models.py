@@ -1,0 +1,82 @@
+"""Tiny nn.Modules for the torch.export tests, with random BN statistics and affine params."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random running mean/var, weight and bias in every BN (the defaults hide bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen))
+                m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.25)
+                if m.affine:
+                    m.weight.copy_(torch.randn(n, generator=gen))
+                    m.bias.copy_(torch.randn(n, generator=gen))
+    return model
+
+
+def export(model: nn.Module, *inputs: torch.Tensor, decompose: bool = False, dynamic=None):
+    ep = torch.export.export(model, tuple(inputs), dynamic_shapes=dynamic)
+    return ep.run_decompositions() if decompose else ep
+
+
+class ConvBN(nn.Module):
+    def __init__(self, dims: int = 2, bias: bool = True) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
+        self.conv = conv(3, 6, 3, padding=1, bias=bias)
+        self.bn = bn(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class DeconvBN(nn.Module):
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, groups=groups)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.deconv(x))
+
+
+class LinearBN(nn.Module):
+    def __init__(self, bias: bool = True) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 5, bias=bias)
+        self.bn = nn.BatchNorm1d(5)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.drop(self.fc(x)))
+
+
+class SharedConv(nn.Module):
+    """One conv called twice: once followed by BN, once not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.bn(self.conv(x)), self.conv(x * 2)
+
+
+class ConcatBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 2, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(torch.cat([self.a(x), self.b(x)], dim=1))

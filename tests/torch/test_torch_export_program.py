@@ -1,0 +1,224 @@
+"""bnfold.fold(ExportedProgram): every BN spelling, layer kind, shared weights, training BN,
+dynamic shapes, dead state removal, rollback, and the input program left untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from support.export_models import (  # noqa: E402
+    ConcatBN,
+    ConvBN,
+    DeconvBN,
+    LinearBN,
+    SharedConv,
+    export,
+    randomise_bn,
+)
+from torch import nn  # noqa: E402
+
+import bnfold  # noqa: E402
+from bnfold.export import fold_program  # noqa: E402
+from bnfold.export.program import BN_OPS  # noqa: E402
+
+DECOMPOSE = pytest.mark.parametrize("decompose", [False, True], ids=["training-ir", "decomposed"])
+
+
+def bn_calls(ep) -> list[str]:
+    return [n.name for n in ep.graph_module.graph.nodes if n.target in BN_OPS]
+
+
+def assert_close(ep, model: nn.Module, *inputs: torch.Tensor) -> None:
+    with torch.no_grad():
+        got, want = ep.module()(*inputs), model(*inputs)
+    for g, w in zip(
+        torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want), strict=True
+    ):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def folded(model: nn.Module, *inputs: torch.Tensor, decompose: bool = False, **options):
+    ep = export(randomise_bn(model).eval(), *inputs, decompose=decompose)
+    result = fold_program(ep, **options)
+    return ep, result
+
+
+@DECOMPOSE
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_conv_nd_batchnorm_folds(dims: int, decompose: bool) -> None:
+    model = ConvBN(dims)
+    x = torch.randn(2, 3, *([5] * dims))
+    ep, result = folded(model, x, decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    assert bn_calls(result.program) == []
+    assert bn_calls(ep), "the input program keeps its BN"
+    assert result.verification
+    assert_close(result.program, model, torch.randn(2, 3, *([5] * dims)))
+
+
+@DECOMPOSE
+@pytest.mark.parametrize(("c_in", "c_out", "groups"), [(4, 6, 1), (4, 6, 2), (4, 8, 4)])
+def test_conv_transpose_groups_folds(c_in: int, c_out: int, groups: int, decompose: bool) -> None:
+    model = DeconvBN(c_in, c_out, groups)
+    _ep, result = folded(model, torch.randn(2, c_in, 5, 5), decompose=decompose)
+    assert result.report.entries[0].pattern == "ConvTranspose→BN"
+    assert bn_calls(result.program) == []
+    assert_close(result.program, model, torch.randn(2, c_in, 5, 5))
+
+
+@DECOMPOSE
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_batchnorm1d_folds(bias: bool, decompose: bool) -> None:
+    model = LinearBN(bias)
+    _ep, result = folded(model, torch.randn(4, 8), decompose=decompose)
+    counts = result.report.counts()
+    assert counts["batchnorm"]["folded"] == 1
+    assert bn_calls(result.program) == []
+    assert_close(result.program, model, torch.randn(4, 8))
+    if not decompose:
+        assert counts["dropout"]["removed"] == 1
+
+
+def test_biasless_conv_gets_a_new_bias() -> None:
+    model = ConvBN(2, bias=False)
+    _ep, result = folded(model, torch.randn(1, 3, 6, 6))
+    graph = result.program.graph_module.graph
+    conv = next(n for n in graph.nodes if n.op == "call_function" and "conv" in n.name)
+    assert conv.args[2] is not None
+    names = set(result.program.state_dict)
+    assert {"conv.weight_bnfolded", "conv.bias_bnfolded"} <= names
+    assert "conv.weight" not in names  # nothing else reads it
+
+
+@DECOMPOSE
+def test_shared_weight_keeps_its_original(decompose: bool) -> None:
+    model = SharedConv()
+    x = torch.randn(2, 3, 6, 6)
+    _ep, result = folded(model, x, decompose=decompose)
+    sd = result.program.state_dict
+    assert "conv.weight" in sd and "conv.weight_bnfolded" in sd
+    assert torch.equal(sd["conv.weight"], model.conv.weight)
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+@DECOMPOSE
+def test_concat_split_folds_into_each_input(decompose: bool) -> None:
+    model = ConcatBN()
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), decompose=decompose)
+    entry = result.report.batchnorms[0]
+    assert entry.status == "folded" and entry.pattern == "Concat→BN (split)"
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+@DECOMPOSE
+def test_training_mode_bn_refused(decompose: bool) -> None:
+    model = randomise_bn(ConvBN(2)).train()
+    ep = export(model, torch.randn(4, 3, 5, 5), decompose=decompose)
+    result = fold_program(ep)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left" and "training mode" in entry.reason
+    assert len(bn_calls(result.program)) == 1
+
+
+@DECOMPOSE
+def test_training_mode_bn_folds_with_assume_eval(decompose: bool) -> None:
+    model = randomise_bn(ConvBN(2)).train()
+    ep = export(model, torch.randn(4, 3, 5, 5), decompose=decompose)
+    result = fold_program(ep, assume_eval=True)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    assert result.verification
+    sig = result.program.graph_signature
+    assert not sig.buffers_to_mutate, "running-stat and num_batches_tracked updates are gone"
+    assert not any("bn." in k for k in result.program.state_dict)
+    assert_close(result.program, model.eval(), torch.randn(4, 3, 5, 5))
+
+
+def test_dynamic_batch_dim_is_kept() -> None:
+    model = randomise_bn(ConvBN(2)).eval()
+    batch = torch.export.Dim("batch", min=1, max=32)
+    ep = export(model, torch.randn(2, 3, 5, 5), dynamic={"x": {0: batch}})
+    result = fold_program(ep)
+    assert result.verification and len(result.verification.seeds) == 4  # one at another size
+    assert len(result.program.range_constraints) == len(ep.range_constraints)
+    for n in (1, 7, 32):
+        assert_close(result.program, model, torch.randn(n, 3, 5, 5))
+
+
+def test_dead_bn_state_and_signature() -> None:
+    model = ConvBN(2)
+    ep, result = folded(model, torch.randn(1, 3, 5, 5), decompose=True)
+    program = result.program
+    assert not any(k.startswith("bn.") for k in program.state_dict)
+    placeholders = [n.name for n in program.graph_module.graph.nodes if n.op == "placeholder"]
+    assert placeholders == [s.arg.name for s in program.graph_signature.input_specs]
+    program.validate()
+    assert set(ep.state_dict) >= {"bn.running_mean", "bn.num_batches_tracked"}  # untouched
+
+
+def test_fold_dispatches_exported_programs() -> None:
+    model = randomise_bn(ConvBN(2)).eval()
+    ep = export(model, torch.randn(1, 3, 5, 5))
+    result = bnfold.fold(ep)
+    assert result.model is result.program
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+
+
+def test_wrong_fold_is_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan with a channel off by 1e-3 is caught by verification and rolled back."""
+    from bnfold.export import plan as plan_mod
+
+    real = plan_mod.fold_layer
+
+    def broken(*args, **kwargs):
+        fold = real(*args, **kwargs)
+        fold.weight = fold.weight.clone()
+        fold.weight[0] *= 1.001
+        return fold
+
+    monkeypatch.setattr(plan_mod, "fold_layer", broken)
+    model = ConvBN(2)
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5))
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left" and entry.reason.startswith("rolled back")
+    assert bn_calls(result.program)
+    assert result.verification
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    model = ConvBN(2)
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5))
+    path = result.save(tmp_path / "m.pt2")
+    loaded = torch.export.load(path)
+    assert bn_calls(loaded) == []
+    assert_close(loaded, model, torch.randn(2, 3, 5, 5))
+
+
+def test_regression_input_named_input_keeps_its_name() -> None:
+    """nn.Sequential's placeholder is ``input``; a deep copy renamed it and broke the signature."""
+    model = randomise_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
+    ep = export(model, torch.randn(1, 3, 5, 5))
+    result = fold_program(ep)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    assert result.program.graph_signature.user_inputs == ep.graph_signature.user_inputs
+
+
+def test_regression_bn_output_that_is_a_program_output() -> None:
+    """The output node's arguments were rebuilt from stale nodes once BN was replaced."""
+    model = ConvBN(2)
+    model.forward = lambda x: model.bn(model.conv(x))  # type: ignore[method-assign]
+    _ep, result = folded(model, torch.randn(1, 3, 5, 5), decompose=True)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    out = result.program.graph_module.graph.output_node()
+    assert list(result.program.graph_signature.user_outputs) == [out.args[0][0].name]
+
+
+@DECOMPOSE
+def test_regression_verification_leaves_the_input_program_alone(decompose: bool) -> None:
+    """Running a training program for verification updated the caller's running statistics."""
+    model = randomise_bn(ConvBN(2)).train()
+    ep = export(model, torch.randn(4, 3, 5, 5), decompose=decompose)
+    before = {k: v.clone() for k, v in ep.state_dict.items()}
+    fold_program(ep, assume_eval=True)
+    for k, v in ep.state_dict.items():
+        assert torch.equal(v, before[k]), k
