@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from bnfold import patterns
 from bnfold.report import ReportEntry
-from bnfold.torch import fx_reparam, layers
+from bnfold.torch import fx_consumer, fx_reparam, layers
 from bnfold.torch.fx_axes import map_axis_back
 from bnfold.torch.fx_graph import (
     CAT,
@@ -294,26 +294,8 @@ class GraphFolder:
         return fx_reparam.identity_branch(self, bn, match)
 
     # -- consumer side ----------------------------------------------------------------
-    def _consumer(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | str | None:
-        users = real_users(bn)
-        if match.remainder is not None or len(users) != 1 or users[0].op != "call_module":
-            return None
-        user = users[0]
-        layer = self.mod(user)
-        kind = layers.layer_kind(layer)
-        if kind not in ("Conv", "Linear") or user.args[0] is not bn or len(user.args) != 1:
-            return None
-        ndim = self.ndim(bn.args[0])
-        want = 2 if kind == "Linear" else layer.weight.dim()
-        if ndim != want or layers.overrides_forward(layer) or bn in output_nodes(self.gm.graph):
-            return None
-        assert match.params is not None
-        new = layers.fold_into_consumer(layer, *match.params.scale_shift())
-        if isinstance(new, str):
-            return new
-        into = self.install(user, new)
-        self.drop_bn(bn, None)
-        return into, f"BN→{kind} (consumer)"
+    def _consumer(self, bn: fx.Node, match: BNMatch) -> tuple[str, str] | None:
+        return fx_consumer.fold_into_consumer(self, bn, match)
 
     # -- graph helpers ----------------------------------------------------------------
     def install(self, node: fx.Node, new: nn.Module) -> str:

@@ -166,7 +166,7 @@ class _Propagator:
     # -- modules ----------------------------------------------------------------------
     def module(self, m: nn.Module, args: list[Any]) -> Any:
         x = args[0] if args else None
-        if not isinstance(x, T) or len(args) != 1:
+        if not isinstance(x, T) or len(args) != 1 or getattr(m, "return_indices", False):
             return None
         kind = layers.layer_kind(m)
         if kind is not None:
@@ -178,8 +178,13 @@ class _Propagator:
         if type(m) is nn.Flatten:
             return T(_flatten(x.dims, m.start_dim, m.end_dim))
         for n, cls in enumerate(_ADAPTIVE, start=1):
-            if type(m) is cls:
+            if type(m) is cls or type(m) is _ADAPTIVE_MAX[n - 1]:
                 return _adaptive(x.dims, m.output_size, n)
+        for n, classes in enumerate(_POOLS, start=1):
+            if type(m) in classes:
+                if len(x.dims) not in (n + 1, n + 2):
+                    raise Impossible("pooling rank")
+                return T((*x.dims[:-n], *(None,) * n))
         return None
 
     # -- functions and methods --------------------------------------------------------
@@ -479,6 +484,8 @@ def _matmul(a: T, b: Any) -> T | None:
 
 
 _ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_ADAPTIVE_MAX = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_POOLS = ((nn.AvgPool1d, nn.MaxPool1d), (nn.AvgPool2d, nn.MaxPool2d), (nn.AvgPool3d, nn.MaxPool3d))
 
 
 def _adaptive(dims: Dims, size: Any, n: int) -> T | None:

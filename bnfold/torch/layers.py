@@ -67,6 +67,24 @@ def probe_producer(
     return expected.shape == got.shape and bool(((expected - got).abs() <= tol).all())
 
 
+def probe_consumer(
+    old: nn.Module, new: nn.Module, shape: tuple[int, ...], scale: np.ndarray, shift: np.ndarray
+) -> bool:
+    """Prove new(x) == old(s·x + t) on a random input of ``shape`` (for custom forwards)."""
+    weight = old.weight
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    axis = x.dim() - 1 if isinstance(old, nn.Linear) else 1
+    view = [1] * x.dim()
+    view[axis] = -1
+    affine = x * torch.from_numpy(scale).view(view) + torch.from_numpy(shift).view(view)
+    with torch.no_grad():
+        ref = old(affine.to(weight.device, weight.dtype)).double()
+        got = new(x.to(weight.device, weight.dtype)).double()
+    tol = 1e-4 * max(float(ref.abs().max()), 1.0)
+    return ref.shape == got.shape and bool(((ref - got).abs() <= tol).all())
+
+
 def out_channels(module: nn.Module) -> int:
     return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
 

@@ -158,3 +158,45 @@ def test_static_shapes_of_an_untraceable_rank_are_unknown_not_wrong() -> None:
     shapes = static_shapes(gm)
     out = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "1")
     assert len(shapes[out]) == 6  # ranks 1 … 6 all accepted: nothing proven about the rank
+
+
+class _TimmLinear(nn.Linear):
+    """timm's Linear: its own forward (casts the weight), still a linear map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+class _PooledHead(nn.Module):
+    """StarNet's head: BN → AdaptiveAvgPool2d → Flatten → Linear (the BN follows a residual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.head = _TimmLinear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.head(self.flatten(self.pool(self.norm(y + y.relu()))))
+
+
+@pytest.mark.parametrize("with_inputs", [True, False])
+def test_bn_through_pooling_into_a_custom_linear(with_inputs: bool) -> None:
+    result = _check(prepared(_PooledHead(), 18), torch.randn(2, 3, 5, 5), with_inputs)
+    entry = result.report.batchnorms[0]
+    assert entry.status == "folded"
+    assert entry.pattern == "BN→AdaptiveAvgPool2d→Flatten→Linear (consumer)"
+
+
+def test_bn_through_max_pooling_needs_positive_scale() -> None:
+    model = prepared(nn.Sequential(nn.BatchNorm2d(3), nn.MaxPool2d(2), nn.Conv2d(3, 4, 1)), 19)
+    with torch.no_grad():
+        model[0].weight.abs_()
+    result = _check(model, torch.randn(1, 3, 4, 4), False)
+    assert result.report.batchnorms[0].status == "folded"
+    with torch.no_grad():
+        model[0].weight[0] = -1.0
+    assert bnfold.fold(model).report.batchnorms[0].status == "left"
