@@ -81,10 +81,15 @@ def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
         return []
     found = list(inferred.graph.value_info)
     if symbolic_shapes.ranks_missing(proto.graph, found):
+        better = {
+            v.name: v
+            for v in symbolic_shapes.symbolic_value_info(lite)
+            if v.type.tensor_type.HasField("shape")
+        }
         shaped = {v.name for v in found if v.type.tensor_type.HasField("shape")}
-        extra = symbolic_shapes.symbolic_value_info(lite)
-        found = [v for v in found if v.name in shaped]
-        found += [v for v in extra if v.name not in shaped and v.type.tensor_type.HasField("shape")]
+        found = [v if v.name in shaped else better.get(v.name, v) for v in found]
+        names = {v.name for v in found}
+        found += [v for name, v in better.items() if name not in names]
     known = {v.name for v in proto.graph.value_info}
     known.update(i.name for i in proto.graph.input)
     known.update(o.name for o in proto.graph.output)
