@@ -19,13 +19,14 @@ from typing import Any
 from torch.export import ExportedProgram
 
 from bnfold.errors import InputError, NotEquivalentError
-from bnfold.export.plan import FoldPlan, plan_program
+from bnfold.export.plan import ALREADY, FoldPlan, plan_program
 from bnfold.export.rewrite import apply_plans, dropouts
 from bnfold.export.verify import ProgramReference, ProgramVerifyResult
 from bnfold.keep import KEPT_REASON, KeepList
 from bnfold.report import FoldReport, ReportEntry
 
 logger = logging.getLogger(__name__)
+MAX_ROUNDS = 4  # a layer absorbs one BN per round (BN → pool → Linear → BN needs two)
 
 
 @dataclasses.dataclass
@@ -91,11 +92,18 @@ def _fold(
         else:
             original = ep
         reference = ProgramReference(original, seeds=seeds)
-    accepted, rolled_back, folded, verification = _fold_checked(base, plans, reference)
-    for plan in accepted:
-        report.add(plan.entry())
-    for plan, why in rolled_back:
-        report.add(ReportEntry(plan.bn, plan.kind, "left", into=plan.into, reason=why))
+    folded, verification = base, None
+    for _ in range(MAX_ROUNDS):
+        accepted, rolled_back, folded, verification = _fold_checked(folded, plans, reference)
+        for plan in accepted:
+            report.add(plan.entry())
+        for plan, why in rolled_back:
+            report.add(ReportEntry(plan.bn, plan.kind, "left", into=plan.into, reason=why))
+        waiting = {e.name: e for e in report.left if ALREADY in str(e.reason)}
+        if not accepted or not waiting:
+            break
+        plans = [p for p in plan_program(folded, assume_eval=assume_eval)[0] if p.bn in waiting]
+        report.entries = [e for e in report.entries if e.name not in {p.bn for p in plans}]
     report.entries.sort(key=_order(base))
     if strict and verification is not None and not verification:
         raise NotEquivalentError("folded program is not equivalent to the original")

@@ -22,6 +22,7 @@ from bnfold.report import ReportEntry
 from bnfold.torch.layers import _cast  # float64 → dtype with foldmath's refusals
 
 aten = torch.ops.aten
+ALREADY = "already absorbs another BN (folded in a later round when that one stays)"
 MUTATION_OUTPUTS = (3, 4)  # _native_batch_norm_legit_functional's new running mean / var
 
 
@@ -60,11 +61,15 @@ def plan_program(
     program = Program(ep)
     plans: list[FoldPlan] = []
     left: list[ReportEntry] = []
+    claimed: set[str] = set()  # each layer absorbs one BN per run (weights planned once)
     for bn in batchnorms(ep.graph_module.graph):
         plan = plan_bn(program, bn, assume_eval)
+        if not isinstance(plan, str) and claimed & {f.layer for f in plan.folds}:
+            plan = f"{plan.into} {ALREADY}"
         if isinstance(plan, str):
             left.append(ReportEntry(bn.node.name, bn.kind, "left", reason=plan))
         else:
+            claimed |= {f.layer for f in plan.folds}
             plans.append(plan)
     return plans, left
 
@@ -82,10 +87,26 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
     if why:
         return why
     scale, shift = foldmath.bn_scale_shift(gamma, beta, mean, var, bn.eps)
+    producer = _plan_producer(program, bn, scale, shift)
+    if not isinstance(producer, str):
+        return producer
+    from bnfold.export.plan_consumer import plan_consumer  # it imports this module
+
+    main, _ = bn.output_users()
+    bn_out = main[0] if bn.op.tuple_output and len(main) == 1 else bn.node
+    consumer = plan_consumer(program, bn_out, scale, shift) if len(main) == 1 else "-"
+    if isinstance(consumer, str):
+        return producer
+    return FoldPlan(bn.node.name, bn.kind, f"BN→pool→{consumer.kind} (consumer)", [consumer])
+
+
+def _plan_producer(
+    program: Program, bn: BnNode, scale: np.ndarray, shift: np.ndarray
+) -> FoldPlan | str:
     source = bn.source
     if not isinstance(source, fx.Node) or source.op != "call_function":
         return "the BN input is not computed by a layer"
-    if len(source.users) != 1 or program.is_user_output(source):
+    if len(value_users(source)) != 1 or program.is_user_output(source):
         return f"the BN input {source.name} has other users"
     source = _through_copies(program, source)
     if isinstance(source, str):
@@ -95,6 +116,9 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
     layer = layer_of(source)
     if isinstance(layer, str):
         return layer
+    why = _channel_axis_reason(layer, bn.source, scale.shape[0])
+    if why:
+        return why
     fold = fold_layer(program, layer, scale, shift)
     if isinstance(fold, str):
         return fold
@@ -102,15 +126,66 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
 
 
 COPIES = {aten.clone.default, aten.alias.default}
+SHAPE_READERS = {aten.reshape_as.default, aten.view_as.default, aten.expand_as.default}
+SIZE_READERS = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default}
+
+
+def value_users(node: fx.Node) -> list[fx.Node]:
+    """Users that read ``node``'s values; ``reshape_as(y, node)`` and ``sym_size`` read only
+    its shape, which a fold keeps."""
+    out = []
+    for user in node.users:
+        if user.target in SIZE_READERS:
+            continue
+        if user.target in SHAPE_READERS and user.args[0] is not node:
+            continue
+        out.append(user)
+    return out
+
+
+RESHAPES = {
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.flatten.using_ints,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+}
+
+
+def _channel_axis_reason(layer: Layer, bn_input: fx.Node, channels: int) -> str | None:
+    """Why the layer's output-channel axis is not BN's axis 1 (through any reshapes)."""
+    out, seen = layer.node.meta.get("val"), bn_input.meta.get("val")
+    if out is None or seen is None:
+        return f"the shapes between {layer.node.name} and the BN are unknown"
+    known, new = _dims(out), _dims(seen)
+    axis = 1 if layer.kind in ("Conv", "ConvTranspose") else len(known) - 1
+    if patterns.same_channel_axis(known, axis, channels, new, 1):
+        return None
+    return (
+        f"{layer.node.name}'s channels (axis {axis} of {_shape(known)}) are not the BN's "
+        f"channel axis 1 of {_shape(new)}"
+    )
+
+
+def _dims(val: torch.Tensor) -> list[int | None]:
+    return [d if isinstance(d, int) else None for d in val.shape]
+
+
+def _shape(dims: list[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
 def _through_copies(program: Program, node: fx.Node) -> fx.Node | str:
-    """Step back over value-preserving copies (a decomposed inference Dropout is a clone)."""
-    while node.target in COPIES:
+    """Step back over value-preserving copies (a decomposed inference Dropout is a clone)
+    and reshapes (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``; the channel axis is
+    checked later by ``_channel_axis_reason``)."""
+    while node.target in COPIES or node.target in RESHAPES:
         node = node.args[0]  # type: ignore[assignment]
         if not isinstance(node, fx.Node) or node.op != "call_function":
             return "the BN input is not computed by a layer"
-        if len(node.users) != 1 or program.is_user_output(node):
+        if len(value_users(node)) != 1 or program.is_user_output(node):
             return f"the BN input {node.name} has other users"
     return node
 
@@ -203,12 +278,6 @@ def fold_layer(
 
 
 def _shape_reason(layer: Layer, w: np.ndarray, channels: int) -> str | None:
-    val = layer.node.meta.get("val")
-    if layer.kind in ("Linear", "Addmm", "Mm") and (val is None or val.dim() != 2):
-        return (
-            f"{layer.node.name} has a {getattr(val, 'ndim', '?')}-D output: its features are the "
-            "last axis, BN normalises axis 1"
-        )
     if w.ndim < 2:
         return f"the weight of {layer.node.name} is {w.ndim}-D"
     if layer.kind == "ConvTranspose":
@@ -240,6 +309,8 @@ def _plan_concat(
     val = cat.meta.get("val")
     if val is None or dim % val.dim() != 1:
         return "the BN input is a concatenation along another axis than the channels"
+    if len(set(inputs)) != len(inputs):  # type: ignore[arg-type]
+        return "the same tensor is concatenated twice"
     sizes = []
     for part in inputs:  # type: ignore[union-attr]
         part_val = part.meta.get("val") if isinstance(part, fx.Node) else None
@@ -251,11 +322,18 @@ def _plan_concat(
         return parts
     folds = []
     for part, (s, t) in zip(inputs, parts, strict=True):  # type: ignore[arg-type]
-        if len(part.users) != 1 or program.is_user_output(part) or part.op != "call_function":
+        if (
+            len(value_users(part)) != 1
+            or program.is_user_output(part)
+            or part.op != "call_function"
+        ):
             return f"the concatenated input {part.name} has other users"
         layer = layer_of(part)
         if isinstance(layer, str):
             return f"concatenated input {part.name}: {layer}"
+        why = _channel_axis_reason(layer, part, int(s.shape[0]))
+        if why:
+            return why
         fold = fold_layer(program, layer, s, t)
         if isinstance(fold, str):
             return fold

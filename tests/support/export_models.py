@@ -80,3 +80,46 @@ class ConcatBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+class TokenLinearBN(nn.Module):
+    """LeViT's LinearNorm: Linear on (N, L, C) tokens, BN1d over the flattened tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+class TokenLinearWrongAxis(nn.Module):
+    """Linear on (N, C, L) with BN1d over axis 1: the features are the last axis, not BN's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(x))
+
+
+class HeadBN(nn.Module):
+    """A CNN tail: Conv → ReLU → BN → global average pool → flatten → Linear → BN1d."""
+
+    def __init__(self, keepdim: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+        self.bn1 = nn.BatchNorm1d(4)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(torch.relu(self.conv(x)))
+        pooled = nn.functional.adaptive_avg_pool2d(y, 1).flatten(1)
+        y = pooled if self.keepdim else y.mean((2, 3))
+        return self.bn1(self.fc(y))

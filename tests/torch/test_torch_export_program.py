@@ -11,8 +11,11 @@ from support.export_models import (  # noqa: E402
     ConcatBN,
     ConvBN,
     DeconvBN,
+    HeadBN,
     LinearBN,
     SharedConv,
+    TokenLinearBN,
+    TokenLinearWrongAxis,
     export,
     randomise_bn,
 )
@@ -222,3 +225,32 @@ def test_regression_verification_leaves_the_input_program_alone(decompose: bool)
     fold_program(ep, assume_eval=True)
     for k, v in ep.state_dict.items():
         assert torch.equal(v, before[k]), k
+
+
+@DECOMPOSE
+def test_linear_on_tokens_folds_through_flatten(decompose: bool) -> None:
+    model = TokenLinearBN()
+    _ep, result = folded(model, torch.randn(2, 5, 8), decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    assert_close(result.program, model, torch.randn(2, 5, 8))
+
+
+@DECOMPOSE
+def test_linear_features_on_another_axis_are_refused(decompose: bool) -> None:
+    model = TokenLinearWrongAxis()
+    _ep, result = folded(model, torch.randn(2, 4, 6), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left"
+    assert "axis" in entry.reason or "not a convolution" in entry.reason
+
+
+@DECOMPOSE
+@pytest.mark.parametrize("keepdim", [True, False], ids=["adaptive-pool", "mean"])
+def test_bn_before_pool_and_linear_folds_into_the_linear(keepdim: bool, decompose: bool) -> None:
+    model = HeadBN(keepdim)
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), decompose=decompose)
+    entries = {e.name: e for e in result.report.batchnorms}
+    patterns = {str(e.pattern) for e in entries.values() if e.status == "folded"}
+    kind = "Addmm" if decompose else "Linear"
+    assert patterns == {f"BN→pool→{kind} (consumer)", f"{kind}→BN"}  # two rounds, one layer
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))

@@ -1,0 +1,117 @@
+"""BN → averaging → reshapes → linear/addmm/mm: fold the BN into the layer's *input* side.
+
+A per-channel affine map commutes with averaging over non-channel axes (``mean``,
+``adaptive_avg_pool``), and reshapes only move the channel axis (checked with
+``patterns.same_channel_axis``), so ``L(pool(s·x + t)) = L'(pool(x))`` with
+``foldmath.fold_matrix_input_affine`` giving W' and b'. The classifier heads of most CNNs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx
+
+from bnfold import foldmath, patterns
+from bnfold.export.plan import RESHAPES, LayerFold, _dims, _np, value_users
+from bnfold.export.program import Layer, Program, layer_of
+from bnfold.torch.layers import _cast
+
+aten = torch.ops.aten
+AVERAGES = {
+    aten.mean.dim,
+    aten.adaptive_avg_pool2d.default,
+    aten._adaptive_avg_pool2d.default,
+    aten.adaptive_avg_pool1d.default,
+    aten.adaptive_avg_pool3d.default,
+    aten._adaptive_avg_pool3d.default,
+}
+MATRIX_LAYERS = ("Linear", "Addmm", "Mm")
+
+
+def plan_consumer(
+    program: Program, bn_out: fx.Node, scale: np.ndarray, shift: np.ndarray
+) -> LayerFold | str:
+    """New weights for the linear layer that reads ``bn_out`` through averaging, or a reason."""
+    node, pooled = bn_out, None
+    while True:
+        users = value_users(node)
+        if len(users) != 1 or program.is_user_output(node):
+            return "the BN output has other users"
+        user = users[0]
+        if user.target in AVERAGES and user.args[0] is node:
+            if not _keeps_channels(user):
+                return "the BN output is averaged over its channels"
+            pooled = user
+        elif user.target in RESHAPES and user.args[0] is node:
+            pass
+        else:
+            break
+        node = user
+    layer = layer_of(user)
+    if isinstance(layer, str) or layer.kind not in MATRIX_LAYERS or pooled is None:
+        return "no linear layer reads the BN output through averaging"
+    if _matrix_input(layer) is not node:
+        return "the BN output is not the linear layer's input"
+    why = _axis_reason(pooled, node, scale.shape[0])
+    if why:
+        return why
+    return _fold_input(program, layer, scale, shift)
+
+
+def _keeps_channels(node: fx.Node) -> bool:
+    if node.target != aten.mean.dim:
+        return True  # adaptive pooling averages each channel on its own
+    val = node.args[0].meta.get("val")  # type: ignore[union-attr]
+    dims = node.args[1] if len(node.args) > 1 else None
+    if val is None or dims is None:
+        return False
+    return all(int(d) % val.dim() != 1 for d in dims)
+
+
+def _matrix_input(layer: Layer) -> fx.Node:
+    return layer.node.args[1 if layer.kind == "Addmm" else 0]  # type: ignore[return-value]
+
+
+def _axis_reason(pooled: fx.Node, layer_input: fx.Node, channels: int) -> str | None:
+    """None when the averaged tensor's axis 1 is the layer's input-feature (last) axis."""
+    before, after = pooled.meta.get("val"), layer_input.meta.get("val")
+    if before is None or after is None:
+        return "the shapes between the BN and the linear layer are unknown"
+    new = _dims(after)
+    if patterns.same_channel_axis(_dims(before), 1, channels, new, len(new) - 1):
+        return None
+    return "the BN's channels do not map onto the linear layer's input features"
+
+
+def _fold_input(
+    program: Program, layer: Layer, scale: np.ndarray, shift: np.ndarray
+) -> LayerFold | str:
+    weight = program.tensor(layer.weight)
+    if weight is None or not weight.dtype.is_floating_point:
+        return f"the weight of {layer.node.name} is not a float constant of the program"
+    bias = None
+    if layer.bias is not None:
+        bias_t = program.tensor(layer.bias)
+        if bias_t is None:
+            return f"the bias of {layer.node.name} is not a constant of the program"
+        bias = _np(bias_t)
+    w = _np(weight)
+    in_axis = 0 if layer.kind in ("Addmm", "Mm") and not layer.transposed_weight else 1
+    if w.ndim != 2 or w.shape[in_axis] != scale.shape[0]:
+        return f"{layer.node.name} reads {w.shape[in_axis]} features, the BN has {len(scale)}"
+    out_features = w.shape[1 - in_axis]
+    if bias is not None:
+        if bias.size not in (1, out_features) or (bias.ndim == 2 and bias.shape[0] != 1):
+            return f"the bias of {layer.node.name} is not one value per feature"
+        bias = np.broadcast_to(bias.reshape(-1), (out_features,)) * layer.beta
+    new_w64, new_b64 = foldmath.fold_matrix_input_affine(w, bias, scale, shift, in_axis)
+    new_w, why = _cast(new_w64, weight.dtype, w, 1 - in_axis)
+    if why:
+        return f"{layer.node.name}: {why}"
+    new_b, why = _cast(new_b64, weight.dtype, None)
+    if why:
+        return f"{layer.node.name}: {why}"
+    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
+    device = weight.device
+    return LayerFold(layer.node.name, layer.kind, new_w.to(device), new_b.to(device), target)
