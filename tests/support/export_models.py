@@ -120,6 +120,6 @@ class HeadBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(torch.relu(self.conv(x)))
-        pooled = nn.functional.adaptive_avg_pool2d(y, 1).flatten(1)
-        y = pooled if self.keepdim else y.mean((2, 3))
+        pool = nn.functional.adaptive_avg_pool2d
+        y = pool(y, 1).flatten(1) if self.keepdim else y.mean((2, 3))
         return self.bn1(self.fc(y))
