@@ -192,8 +192,15 @@ def common_prefix(src: Any, out: Any) -> int:
     return n
 
 
-def split(dims: Dims, sizes: Any, dim: Any) -> tuple[T, ...] | None:
+def split(dims: Dims, sizes: Any, dim: Any, chunks: bool = False) -> tuple[T, ...] | None:
+    """``split`` (a list of sizes, or one size) and ``chunk`` (a count) along ``dim``."""
     axis = norm_axis(dim, len(dims))
+    total = size_of(dims[axis])
+    if type(sizes) is int and sizes > 0:
+        if total is None:
+            return None
+        step = -(-total // sizes) if chunks else sizes
+        sizes = [min(step, total - i) for i in range(0, total, step)] if step else []
     if not isinstance(sizes, (list, tuple)) or not all(type(n) is int for n in sizes):
         return None
     if size_of(dims[axis]) is not None and sum(sizes) != dims[axis]:
@@ -264,6 +271,13 @@ def cat(tensors: Any, dim: Any) -> T | None:
                 raise Impossible("cat of mismatched shapes")
             out.append(known.pop() if known else None)
     return T(out)
+
+
+def attention(q: T, v: Any) -> T | None:
+    """``scaled_dot_product_attention(q, k, v)``: q's rows, v's features."""
+    if not isinstance(v, T) or len(q.dims) < 2 or len(v.dims) < 2:
+        return None
+    return T((*_broadcast_dims(q.dims[:-2], v.dims[:-2]), q.dims[-2], v.dims[-1]))
 
 
 def matmul(a: T, b: Any) -> T | None:

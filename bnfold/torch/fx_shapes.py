@@ -34,6 +34,7 @@ from bnfold.torch.fx_shape_rules import (
     Sym,
     T,
     adaptive,
+    attention,
     batchnorm,
     broadcast,
     cat,
@@ -224,8 +225,9 @@ class _Propagator:
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
             return T(flatten(dims, start, end))
-        if name == "split":
-            return split(dims, args[1], args[2] if len(args) > 2 else kwargs.get("dim", 0))
+        if name in ("split", "chunk"):
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            return split(dims, args[1], dim, chunks=name == "chunk")
         if name in ("reshape_as", "view_as", "expand_as"):
             other = args[1] if len(args) > 1 else None
             return other if isinstance(other, T) else None
@@ -242,6 +244,8 @@ class _Propagator:
             return reduce(dims, dim, keep)
         if name == "matmul" or node.target in (operator.matmul, torch.matmul):
             return matmul(x, args[1] if len(args) > 1 else None)
+        if node.target is F.scaled_dot_product_attention and len(args) >= 3:
+            return attention(x, args[2])
         return None
 
 

@@ -200,3 +200,24 @@ def test_bn_through_max_pooling_needs_positive_scale() -> None:
     with torch.no_grad():
         model[0].weight[0] = -1.0
     assert bnfold.fold(model).report.batchnorms[0].status == "left"
+
+
+class _ChunkAttention(nn.Module):
+    """iFormer-like: ``chunk`` and ``scaled_dot_product_attention`` keep the rank known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 2, 2), nn.BatchNorm2d(12))
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        q, k, v = tokens.chunk(3, dim=-1)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.fc(self.bn(y.mean(1)))
+
+
+def test_chunk_and_attention_shapes_prove_a_consumer_fold() -> None:
+    result = _check(prepared(_ChunkAttention(), 20), torch.randn(2, 3, 6, 6), False)
+    assert statuses(result) == {"stem.1": "folded", "bn": "folded"}
