@@ -32,40 +32,67 @@ MAX_STEPS = 8
 
 
 def fold_into_consumer(f: GraphFolder, bn: fx.Node, match: BNMatch) -> tuple[str, str] | None:
-    """Fold ``bn`` into the Linear/Conv its output reaches through pooling and layout ops."""
-    if match.remainder is not None or bn in output_nodes(f.gm.graph):
+    """Fold ``bn`` into every Linear/Conv its output reaches through pooling and layout ops.
+
+    With several readers (SwiftFormer's ``head`` and ``head_dist``) each must absorb the map
+    and gets its own folded copy; one that cannot keeps the BN.
+    """
+    if match.remainder is not None:
         return None
     assert match.params is not None
     s, t = match.params.scale_shift()
-    cur, axis = bn, 1
-    idx = np.arange(len(s))
-    steps: list[str] = []
-    for _ in range(MAX_STEPS):
-        users = real_users(cur)
-        if len(users) != 1 or (cur is not bn and cur in output_nodes(f.gm.graph)):
-            return None
-        user = users[0]
+    plan = _plan(f, bn, 1, np.arange(len(s)), s, t, [], 0)
+    if not plan:
+        return None
+    into = [f.install(node, new) for node, new, _ in plan]
+    f.drop_bn(bn, None)
+    return ", ".join(into), " + ".join(sorted({path for _, _, path in plan}))
+
+
+Install = tuple[fx.Node, nn.Module, str]
+
+
+def _plan(
+    f: GraphFolder,
+    cur: fx.Node,
+    axis: int,
+    idx: np.ndarray,
+    s: np.ndarray,
+    t: np.ndarray,
+    steps: list[str],
+    depth: int,
+) -> list[Install] | None:
+    users = real_users(cur)
+    if not users or depth > MAX_STEPS or cur in output_nodes(f.gm.graph):
+        return None
+    plan: list[Install] = []
+    for user in users:
         if user.op == "call_module" and layers.layer_kind(f.mod(user)) in ("Conv", "Linear"):
-            return _fold(f, bn, cur, user, axis, s[idx], t[idx], steps)
+            found = _fold(f, cur, user, axis, s[idx], t[idx], steps)
+            if found is None:
+                return None
+            plan.append(found)
+            continue
         moved = _through(f, user, cur, axis, idx, bool(np.all(s > 0)))
         if moved is None:
             return None
-        axis, idx = moved
-        steps.append(op_name(user) if user.op != "call_module" else type(f.mod(user)).__name__)
-        cur = user
-    return None
+        step = op_name(user) if user.op != "call_module" else type(f.mod(user)).__name__
+        sub = _plan(f, user, *moved, s, t, [*steps, step], depth + 1)
+        if sub is None:
+            return None
+        plan.extend(sub)
+    return plan
 
 
 def _fold(
     f: GraphFolder,
-    bn: fx.Node,
     cur: fx.Node,
     user: fx.Node,
     axis: int,
     s: np.ndarray,
     t: np.ndarray,
     steps: list[str],
-) -> tuple[str, str] | None:
+) -> Install | None:
     layer = f.mod(user)
     kind = layers.layer_kind(layer)
     if len(user.args) != 1 or user.kwargs or user.args[0] is not cur:
@@ -82,10 +109,8 @@ def _fold(
         shape = _probe_shape(f.shape(cur), kind, layer)
         if shape is None or not layers.probe_consumer(layer, new, shape, s, t):
             return None
-    into = f.install(user, new)
-    f.drop_bn(bn, None)
     via = "".join(f"→{step}" for step in steps)
-    return into, f"BN{via}→{kind} (consumer)"
+    return user, new, f"BN{via}→{kind} (consumer)"
 
 
 def _probe_shape(
