@@ -19,7 +19,7 @@ from typing import Any
 from torch.export import ExportedProgram
 
 from bnfold.errors import InputError, NotEquivalentError
-from bnfold.export.plan import ALREADY, FoldPlan, plan_program
+from bnfold.export.plan import FoldPlan, plan_program
 from bnfold.export.rewrite import apply_plans, dropouts
 from bnfold.export.verify import ProgramReference, ProgramVerifyResult
 from bnfold.keep import KEPT_REASON, KeepList
@@ -99,7 +99,9 @@ def _fold(
             report.add(plan.entry())
         for plan, why in rolled_back:
             report.add(ReportEntry(plan.bn, plan.kind, "left", into=plan.into, reason=why))
-        waiting = {e.name: e for e in report.left if ALREADY in str(e.reason)}
+        # Folds open new ones (a conv that absorbed its BN can then absorb an identity
+        # branch; a layer absorbs one BN per round): plan the rest again.
+        waiting = {e.name for e in report.left if not str(e.reason).startswith("rolled back")}
         if not accepted or not waiting:
             break
         plans = [p for p in plan_program(folded, assume_eval=assume_eval)[0] if p.bn in waiting]

@@ -45,6 +45,7 @@ class FoldPlan:
     kind: str
     pattern: str
     folds: list[LayerFold]
+    replaces: str | None = None  # identity branch: this sum node becomes the layer
 
     @property
     def into(self) -> str:
@@ -95,9 +96,17 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
     main, _ = bn.output_users()
     bn_out = main[0] if bn.op.tuple_output and len(main) == 1 else bn.node
     consumer = plan_consumer(program, bn_out, scale, shift) if len(main) == 1 else "-"
-    if isinstance(consumer, str):
+    if not isinstance(consumer, str):
+        pattern = f"BN→pool→{consumer.kind} (consumer)"
+        return FoldPlan(bn.node.name, bn.kind, pattern, [consumer])
+    from bnfold.export.plan_identity import plan_identity
+
+    identity = plan_identity(program, bn_out, bn.source, scale, shift) if len(main) == 1 else "-"
+    if isinstance(identity, str):
         return producer
-    return FoldPlan(bn.node.name, bn.kind, f"BN→pool→{consumer.kind} (consumer)", [consumer])
+    fold, add = identity
+    pattern = "Conv+BN(identity)→Conv (re-param)"
+    return FoldPlan(bn.node.name, bn.kind, pattern, [fold], replaces=add)
 
 
 def _plan_producer(

@@ -123,3 +123,19 @@ class HeadBN(nn.Module):
         pool = nn.functional.adaptive_avg_pool2d
         y = pool(y, 1).flatten(1) if self.keepdim else y.mean((2, 3))
         return self.bn1(self.fc(y))
+
+
+class GhostIdentity(nn.Module):
+    """RepGhost's block: a depthwise conv → BN plus a BN of the same input, summed."""
+
+    def __init__(self, stride: int = 1) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(3, 4, 1)
+        self.pre_bn = nn.BatchNorm2d(4)
+        self.cheap = nn.Conv2d(4, 4, 3, stride=stride, padding=1, groups=4, bias=False)
+        self.cheap_bn = nn.BatchNorm2d(4)
+        self.fusion_bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = torch.relu(self.pre_bn(self.pre(x)))
+        return self.cheap_bn(self.cheap(x1)) + self.fusion_bn(x1)

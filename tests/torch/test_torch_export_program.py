@@ -11,6 +11,7 @@ from support.export_models import (  # noqa: E402
     ConcatBN,
     ConvBN,
     DeconvBN,
+    GhostIdentity,
     HeadBN,
     LinearBN,
     SharedConv,
@@ -253,4 +254,26 @@ def test_bn_before_pool_and_linear_folds_into_the_linear(keepdim: bool, decompos
     patterns = {str(e.pattern) for e in entries.values() if e.status == "folded"}
     kind = "Addmm" if decompose else "Linear"
     assert patterns == {f"BN→pool→{kind} (consumer)", f"{kind}→BN"}  # two rounds, one layer
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+@DECOMPOSE
+def test_identity_branch_bn_folds_into_the_conv(decompose: bool) -> None:
+    model = GhostIdentity()
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 3
+    patterns = {e.pattern for e in result.report.batchnorms}
+    assert "Conv+BN(identity)→Conv (re-param)" in patterns
+    assert bn_calls(result.program) == []
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+def test_identity_branch_refused_when_strided() -> None:
+    model = GhostIdentity(stride=2)
+    model.forward = lambda x: model.cheap_bn(model.cheap(x)) + model.fusion_bn(x)[..., ::2, ::2]  # type: ignore[method-assign]
+    model.cheap = nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3, bias=False)
+    model.cheap_bn, model.fusion_bn = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6))
+    left = [e for e in result.report.batchnorms if e.status == "left"]
+    assert [e.name for e in left] == ["batch_norm_1"]
     assert_close(result.program, model, torch.randn(2, 3, 6, 6))

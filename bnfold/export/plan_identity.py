@@ -1,0 +1,99 @@
+"""``conv(x) + BN(x)``: the BN is an identity branch the conv absorbs (RepGhost, RepVGG).
+
+``conv(x) + s·x + t = conv'(x)`` with ``W' = W + s·δ(tap)`` and ``b' = b + t``
+(``patterns.fold_identity_branch``), exact when the conv keeps the channels and the spatial
+size at stride 1 so that one kernel tap reads the output's own pixel
+(``patterns.identity_tap``). The ``add`` is then replaced by the conv.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx
+
+from bnfold import patterns
+from bnfold.export.plan import LayerFold, _np, value_users
+from bnfold.export.program import Program, layer_of
+from bnfold.torch.layers import _cast
+
+aten = torch.ops.aten
+ADDS = {aten.add.Tensor, aten.add_.Tensor}
+
+
+def plan_identity(
+    program: Program, bn_out: fx.Node, x: fx.Node, scale: np.ndarray, shift: np.ndarray
+) -> tuple[LayerFold, str] | str:
+    """(new conv weights, the add it replaces), or why this is no identity branch."""
+    users = value_users(bn_out)
+    if len(users) != 1 or users[0].target not in ADDS or program.is_user_output(bn_out):
+        return "the BN output is not one term of a sum"
+    add = users[0]
+    terms = [a for a in add.args[:2] if isinstance(a, fx.Node)]
+    if len(terms) != 2 or add.kwargs.get("alpha", 1) != 1 or terms[0] is terms[1]:
+        return "the sum is not of two tensors"
+    other = terms[1] if terms[0] is bn_out else terms[0]
+    layer = layer_of(other)
+    if isinstance(layer, str) or layer.kind != "Conv" or other.args[0] is not x:
+        return "the other term is not a convolution of the BN's input"
+    if len(value_users(other)) != 1 or program.is_user_output(other):
+        return f"{other.name} has other users"
+    val, out = bn_out.meta.get("val"), other.meta.get("val")
+    if val is None or out is None or tuple(val.shape) != tuple(out.shape):
+        return "the convolution changes the shape"
+    weight = program.tensor(layer.weight)
+    if weight is None or not weight.dtype.is_floating_point:
+        return f"the weight of {other.name} is not a float constant of the program"
+    bias = None
+    if layer.bias is not None:
+        bias_t = program.tensor(layer.bias)
+        if bias_t is None:
+            return f"the bias of {other.name} is not a constant of the program"
+        bias = _np(bias_t)
+    w = _np(weight)
+    channels = scale.shape[0]
+    why = patterns.identity_branch_reason(w.shape[1] * layer.groups, w.shape[0], channels)
+    if why:
+        return why
+    tap = _tap(other, w)
+    if tap is None:
+        return f"{other.name} is strided or does not keep the spatial size"
+    new_w64, new_b64 = patterns.fold_identity_branch(w, bias, scale, shift, layer.groups, tap)
+    new_w, why = _cast(new_w64, weight.dtype, w, 0)
+    if why:
+        return f"{other.name}: {why}"
+    new_b, why = _cast(new_b64, weight.dtype, None)
+    if why:
+        return f"{other.name}: {why}"
+    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
+    device = weight.device
+    fold = LayerFold(other.name, "Conv", new_w.to(device), new_b.to(device), target)
+    return fold, add.name
+
+
+def _tap(conv: fx.Node, w: np.ndarray) -> tuple[int, ...] | None:
+    """The identity tap of an ``aten.conv*d`` / ``aten.convolution`` call, if any."""
+    n = w.ndim - 2
+    args = list(conv.args)
+    if conv.target == aten.convolution.default:
+        stride, padding, dilation = args[3], args[4], args[5]
+    else:
+        args += [None] * (7 - len(args))
+        stride = args[3] if args[3] is not None else conv.kwargs.get("stride", 1)
+        padding = args[4] if args[4] is not None else conv.kwargs.get("padding", 0)
+        dilation = args[5] if args[5] is not None else conv.kwargs.get("dilation", 1)
+    stride, dilation = _ints(stride, n), _ints(dilation, n)
+    kernel = list(w.shape[2:])
+    if isinstance(padding, str):
+        mode, pads = ("SAME_UPPER" if padding == "same" else "VALID"), []
+    else:
+        mode, pads = "NOTSET", _ints(padding, n) * 2
+    begins, ends = patterns.pad_extents(kernel, dilation, mode, pads)
+    return patterns.identity_tap(kernel, stride, dilation, begins, ends)
+
+
+def _ints(value: object, n: int) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        values = [int(v) for v in value]
+        return values * n if len(values) == 1 else values
+    return [int(value)] * n  # type: ignore[call-overload]
