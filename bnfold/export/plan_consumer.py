@@ -1,4 +1,4 @@
-"""BN → averaging → reshapes → linear/addmm/mm: fold the BN into the layer's *input* side.
+"""BN → [averaging] → reshapes → linear/addmm/mm: fold the BN into the layer's *input* side.
 
 A per-channel affine map commutes with averaging over non-channel axes (``mean``,
 ``adaptive_avg_pool``), and reshapes only move the channel axis (checked with
@@ -49,8 +49,9 @@ def plan_consumer(
             break
         node = user
     layer = layer_of(user)
-    if isinstance(layer, str) or layer.kind not in MATRIX_LAYERS or pooled is None:
-        return "no linear layer reads the BN output through averaging"
+    if isinstance(layer, str) or layer.kind not in MATRIX_LAYERS:
+        return "no linear layer reads the BN output"
+    pooled = pooled or bn_out  # BN after the pooling (BatchNorm1d heads): no averaging
     if _matrix_input(layer) is not node:
         return "the BN output is not the linear layer's input"
     why = _axis_reason(pooled, node, scale.shape[0])
