@@ -78,6 +78,33 @@ def getitem(x: Any, key: Any) -> Any:
     return None
 
 
+def index_tensor(dims: Dims, key: Any, integer_tensor: bool) -> T | None:
+    """``x[key]`` for ints, slices, ``None`` and at most one integer-tensor index."""
+    parts = list(key) if isinstance(key, tuple) else [key]
+    if sum(1 for p in parts if p is Ellipsis) > 0:
+        return None
+    out: list[Any] = []
+    axis = 0
+    for p in parts:
+        if p is None:
+            out.append(1)
+            continue
+        if axis >= len(dims):
+            raise Impossible("too many indices")
+        if type(p) is int:
+            axis += 1
+        elif isinstance(p, slice):
+            full = p == slice(None)
+            out.append(dims[axis] if full else None)
+            axis += 1
+        elif isinstance(p, T) and integer_tensor:
+            out.extend(p.dims)
+            axis += 1
+        else:
+            return None
+    return T((*out, *dims[axis:]))
+
+
 def layer(m: nn.Module, kind: str, dims: Dims) -> T:
     if kind == "Linear":
         if not dims:
@@ -125,10 +152,7 @@ def batchnorm(m: nn.Module, dims: Dims) -> T | None:
     match = match_batchnorm(m)
     if match is None or not match.foldable:
         return None
-    rest = match.remainder
-    if rest is None or all(elementwise_module(c) for c in rest.modules() if not list(c.children())):
-        return T(dims)
-    return None
+    return T(dims)  # its probe proved module(x) == rest(BN(x)) with x's shape kept
 
 
 def _own_forward(m: nn.Module) -> bool:

@@ -43,6 +43,7 @@ from bnfold.torch.fx_shape_rules import (
     flatten,
     getitem,
     index,
+    index_tensor,
     layer,
     matmul,
     norm_axis,
@@ -179,12 +180,29 @@ class _Propagator:
         for n, cls in enumerate(ADAPTIVE, start=1):
             if type(m) is cls or type(m) is ADAPTIVE_MAX[n - 1]:
                 return adaptive(x.dims, m.output_size, n)
+        if type(m) is nn.Upsample:
+            if not 3 <= len(x.dims) <= 5:
+                raise Impossible("Upsample rank")
+            return T((*x.dims[:2], *(None,) * (len(x.dims) - 2)))
         for n, classes in enumerate(POOLS, start=1):
             if type(m) in classes:
                 if len(x.dims) not in (n + 1, n + 2):
                     raise Impossible("pooling rank")
                 return T((*x.dims[:-n], *(None,) * n))
         return None
+
+    def _integer_index(self, key: Any) -> bool:
+        """True when the key's only tensor is an integer buffer (not a boolean mask)."""
+        parts = key if isinstance(key, (list, tuple)) else (key,)
+        nodes = [p for p in parts if isinstance(p, fx.Node)]
+        if len(nodes) != 1 or nodes[0].op != "get_attr":
+            return False
+        attr = _attr(self.gm, str(nodes[0].target))
+        return (
+            isinstance(attr, torch.Tensor)
+            and not attr.is_floating_point()
+            and (attr.dtype != torch.bool)
+        )
 
     # -- functions and methods --------------------------------------------------------
     def function(self, node: fx.Node, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -195,6 +213,8 @@ class _Propagator:
                 Size(x.dims) if args[1] == "shape" else len(x.dims) if args[1] == "ndim" else None
             )
         if target is operator.getitem:
+            if isinstance(x, T):
+                return index_tensor(x.dims, args[1], self._integer_index(node.args[1]))
             return getitem(x, args[1])
         if node.op == "call_method" and isinstance(x, T):
             if name == "size":

@@ -245,3 +245,15 @@ def test_bn_read_by_two_consumers_folds_into_both(with_inputs: bool) -> None:
     assert entry.status == "folded"
     assert set(entry.into.split(", ")) == {"head", "head_dist"}
     assert entry.pattern == "BN→mean→Linear (consumer)"
+
+
+def test_index_rules_keep_the_rank_where_torch_does() -> None:
+    from bnfold.torch.fx_shape_rules import T, index_tensor
+
+    dims = (4, None, 7)
+    assert index_tensor(dims, (slice(None), 0), False).dims == (4, 7)
+    assert index_tensor(dims, (slice(None), slice(None, None, 2)), False).dims == (4, None, 7)
+    assert index_tensor(dims, (None, slice(None)), False).dims == (1, 4, None, 7)
+    bias_index = T((5, 5))
+    assert index_tensor((3, 9), (slice(None), bias_index), True).dims == (3, 5, 5)
+    assert index_tensor((3, 9), (slice(None), bias_index), False) is None  # a mask: unknown
