@@ -70,7 +70,8 @@ def fold_program(
     running statistics and its statistics updates are dropped). With ``verify`` each fold
     is proven on example inputs and rolled back if the outputs drift; ``strict`` raises
     NotEquivalentError when the final program still differs. ``keep`` (fnmatch globs on
-    node names) and ``keep_dropout`` leave those BN / Dropout calls as they are.
+    node names or the modules they came from, e.g. ``head.*``) and ``keep_dropout`` leave
+    those BN / Dropout calls as they are.
     """
     if not isinstance(ep, ExportedProgram):
         raise InputError(f"expected a torch.export.ExportedProgram, got {type(ep).__name__}")
@@ -136,8 +137,9 @@ def _plan(
     """Dropout removed (in a copy) and BN planned; the report holds every non-folded entry."""
     report = FoldReport()
     removed = []
+    nodes = {n.name: n for n in ep.graph_module.graph.nodes}
     for name, train in dropouts(ep):
-        if keep.keeps([name], is_dropout=True):
+        if keep.keeps(_names(nodes[name]), is_dropout=True):
             report.add(ReportEntry(name, "Dropout", "kept", reason=KEPT_REASON))
         elif train and not assume_eval:
             why = "Dropout in training mode (train=True); --assume-eval removes it"
@@ -148,15 +150,23 @@ def _plan(
             report.add(ReportEntry(name, "Dropout", "removed", pattern=pattern))
     base = apply_plans(ep, [], removed) if removed else ep
     plans, left = plan_program(base, assume_eval=assume_eval)
+    nodes = {n.name: n for n in base.graph_module.graph.nodes}
     for plan in list(plans):
-        if keep.keeps([plan.bn], is_dropout=False):
+        if keep.keeps(_names(nodes[plan.bn]), is_dropout=False):
             plans.remove(plan)
             report.add(ReportEntry(plan.bn, plan.kind, "kept", reason=KEPT_REASON))
     for entry in left:
-        if keep.keeps([entry.name], is_dropout=False):
+        if keep.keeps(_names(nodes[entry.name]), is_dropout=False):
             entry.status, entry.reason = "kept", KEPT_REASON
         report.add(entry)
     return report, base, plans
+
+
+def _names(node: Any) -> list[str]:
+    """What keep-globs match: the node name and the module it came from (``layer1.0.bn1``)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return [node.name, path] if path else [node.name]
 
 
 def _fold_checked(

@@ -30,8 +30,16 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     ep = load_program(src, trust_pickle=getattr(options, "trust_pickle", False))
     stage("fold")
     result = fold_program(
-        ep, assume_eval=options.assume_eval, verify=options.verify, seeds=options.seeds
+        ep,
+        assume_eval=options.assume_eval,
+        verify=options.verify,
+        seeds=options.seeds,
+        keep=options.keep,
+        keep_dropout=options.keep_dropout,
     )
+    for flag, used in (("--bench", options.bench), ("--shape/--inputs", _inputs_given(options))):
+        if used:
+            result.report.warn(f"{flag} applies to ONNX models; ignored for a .pt2 archive")
     outcome.report = result.report
     outcome.verification = result.verification
     outcome.output = str(out)
@@ -49,3 +57,7 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     result.save(out)
     outcome.written = True
     outcome.sizes = {"input_bytes": input_bytes, "output_bytes": out.stat().st_size}
+
+
+def _inputs_given(options: Any) -> bool:
+    return bool(getattr(options, "shapes", None) or getattr(options, "inputs", None))

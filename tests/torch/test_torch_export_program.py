@@ -300,3 +300,13 @@ def test_bn_after_pool_folds_into_the_linear(decompose: bool) -> None:
     (entry,) = result.report.batchnorms
     assert entry.status == "folded" and "(consumer)" in str(entry.pattern)
     assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+def test_keep_matches_module_paths_and_node_names() -> None:
+    model = HeadBN(keepdim=False)
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), keep=["bn1"])
+    status = {e.name: e.status for e in result.report.batchnorms}
+    assert sorted(status.values()) == ["folded", "kept"]
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), keep="batch_norm*")
+    assert {e.status for e in result.report.batchnorms} == {"kept"}
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
