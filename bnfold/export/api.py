@@ -105,8 +105,13 @@ def _fold(
         waiting = {e.name for e in report.left if not str(e.reason).startswith("rolled back")}
         if not accepted or not waiting:
             break
-        plans = [p for p in plan_program(folded, assume_eval=assume_eval)[0] if p.bn in waiting]
+        replanned, still_left = plan_program(folded, assume_eval=assume_eval)
+        plans = [p for p in replanned if p.bn in waiting]
         report.entries = [e for e in report.entries if e.name not in {p.bn for p in plans}]
+        reasons = {e.name: e.reason for e in still_left}
+        for entry in report.left:  # the reason as it stands now
+            if entry.name in waiting and entry.name in reasons:
+                entry.reason = reasons[entry.name]
     report.entries.sort(key=_order(base))
     if strict and verification is not None and not verification:
         raise NotEquivalentError("folded program is not equivalent to the original")
