@@ -147,8 +147,21 @@ def drop_zero_adds(graph: fx.Graph) -> bool:
                 continue
             a, b = node.args
             keep = b if is_zero(a) else a if is_zero(b) else None
-            if isinstance(keep, fx.Node):
+            if isinstance(keep, fx.Node) and not any(_in_place(u) for u in node.users):
                 node.replace_all_uses_with(keep)
                 graph.erase_node(node)
                 changed = True
     return changed
+
+
+def _in_place(node: fx.Node) -> bool:
+    """An op that writes into its first argument (``x.add_(…)``, ``x += …`` on a tensor)."""
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("__")
+    return node.op == "call_function" and node.target in _IN_PLACE_OPS
+
+
+_IN_PLACE_OPS = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.imatmul,
+}  # fmt: skip

@@ -157,3 +157,23 @@ def test_split_sum_shifts_only_the_first_term() -> None:
     (s0, t0), (s1, t1) = patterns.split_sum(s, t, 2)
     assert s0.tolist() == s1.tolist() == [2.0, 3.0]
     assert t0.tolist() == [1.0, -1.0] and t1.tolist() == [0.0, 0.0]
+
+
+class _ZeroThenInPlace(nn.Module):
+    """``y = 0 + x`` followed by an in-place op on ``y`` must not write into ``x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = 0 + x
+        y.mul_(2.0)
+        return self.bn(self.conv(x)) + y
+
+
+def test_zero_add_before_an_in_place_op_is_kept() -> None:
+    model = prepared(_ZeroThenInPlace(), 9)
+    result = fold_checked(model, torch.randn(1, 3, 4, 4))
+    assert statuses(result) == {"bn": "folded"}
