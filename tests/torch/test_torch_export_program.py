@@ -310,3 +310,25 @@ def test_keep_matches_module_paths_and_node_names() -> None:
     _ep, result = folded(model, torch.randn(2, 3, 6, 6), keep="batch_norm*")
     assert {e.status for e in result.report.batchnorms} == {"kept"}
     assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+class ConvTwoUsers(nn.Module):
+    """The conv's output feeds the BN and a second branch: folding would change that branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + torch.sigmoid(y)
+
+
+@DECOMPOSE
+def test_conv_output_read_elsewhere_keeps_its_bn(decompose: bool) -> None:
+    model = ConvTwoUsers()
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left" and "other users" in entry.reason
+    assert_close(result.program, model, torch.randn(2, 3, 5, 5))
