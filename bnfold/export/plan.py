@@ -97,8 +97,8 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
     bn_out = main[0] if bn.op.tuple_output and len(main) == 1 else bn.node
     consumer = plan_consumer(program, bn_out, scale, shift) if len(main) == 1 else "-"
     if not isinstance(consumer, str):
-        pattern = f"BN→{consumer.kind} (consumer)"
-        return FoldPlan(bn.node.name, bn.kind, pattern, [consumer])
+        kinds = "/".join(sorted({f.kind for f in consumer}))
+        return FoldPlan(bn.node.name, bn.kind, f"BN→{kinds} (consumer)", consumer)
     from bnfold.export.plan_identity import plan_identity
 
     identity = plan_identity(program, bn_out, bn.source, scale, shift) if len(main) == 1 else "-"

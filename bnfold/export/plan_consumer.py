@@ -31,33 +31,81 @@ MATRIX_LAYERS = ("Linear", "Addmm", "Mm")
 
 def plan_consumer(
     program: Program, bn_out: fx.Node, scale: np.ndarray, shift: np.ndarray
-) -> LayerFold | str:
-    """New weights for the linear layer that reads ``bn_out`` through averaging, or a reason."""
+) -> list[LayerFold] | str:
+    """New weights for every layer reading ``bn_out`` (through averaging), or a reason.
+
+    Linear / addmm / mm read it as their input after any averaging and reshapes (each of
+    several heads absorbs the BN); an unpadded convolution reads it directly.
+    """
     node, pooled = bn_out, None
     while True:
         users = value_users(node)
-        if len(users) != 1 or program.is_user_output(node):
-            return "the BN output has other users"
+        if not users or program.is_user_output(node):
+            return "the BN output is a program output"
         user = users[0]
-        if user.target in AVERAGES and user.args[0] is node:
+        if len(users) == 1 and user.target in AVERAGES and user.args[0] is node:
             if not _keeps_channels(user):
                 return "the BN output is averaged over its channels"
             pooled = user
-        elif user.target in RESHAPES and user.args[0] is node:
+        elif len(users) == 1 and user.target in RESHAPES and user.args[0] is node:
             pass
         else:
             break
         node = user
+    folds = []
+    for user in users:
+        fold = _fold_user(program, user, node, pooled or bn_out, scale, shift)
+        if isinstance(fold, str):
+            return fold
+        folds.append(fold)
+    return folds
+
+
+def _fold_user(
+    program: Program,
+    user: fx.Node,
+    node: fx.Node,
+    pooled: fx.Node,
+    scale: np.ndarray,
+    shift: np.ndarray,
+) -> LayerFold | str:
     layer = layer_of(user)
-    if isinstance(layer, str) or layer.kind not in MATRIX_LAYERS:
-        return "no linear layer reads the BN output"
-    pooled = pooled or bn_out  # BN after the pooling (BatchNorm1d heads): no averaging
-    if _matrix_input(layer) is not node:
-        return "the BN output is not the linear layer's input"
+    if isinstance(layer, str):
+        return "a layer reading the BN output is not a convolution or linear layer"
+    if layer.kind == "Conv" and node is pooled and user.args[0] is node:
+        return _fold_conv_input(program, layer, scale, shift)
+    if layer.kind not in MATRIX_LAYERS or _matrix_input(layer) is not node:
+        return "the BN output is not the input of a linear layer or unpadded convolution"
     why = _axis_reason(pooled, node, scale.shape[0])
     if why:
         return why
     return _fold_input(program, layer, scale, shift)
+
+
+def _fold_conv_input(
+    program: Program, layer: Layer, scale: np.ndarray, shift: np.ndarray
+) -> LayerFold | str:
+    """``conv(s·x + t)`` for a convolution that reads no padding (exact only then)."""
+    from bnfold.export.plan_identity import conv_geometry
+
+    weight = program.tensor(layer.weight)
+    if weight is None or not weight.dtype.is_floating_point:
+        return f"the weight of {layer.node.name} is not a float constant of the program"
+    w = _np(weight)
+    if w.shape[1] * layer.groups != scale.shape[0]:
+        return f"{layer.node.name} reads {w.shape[1] * layer.groups} channels, BN has {len(scale)}"
+    _stride, _dilation, mode, pads = conv_geometry(layer.node, w)
+    why = patterns.input_padding_reason(list(w.shape[2:]), mode, pads)
+    if why:
+        return f"the convolution {why}"
+    bias = None
+    if layer.bias is not None:
+        bias_t = program.tensor(layer.bias)
+        if bias_t is None:
+            return f"the bias of {layer.node.name} is not a constant of the program"
+        bias = _np(bias_t)
+    new_w64, new_b64 = foldmath.fold_conv_input_affine(w, bias, scale, shift, layer.groups)
+    return _layer_fold(program, layer, weight, w, new_w64, new_b64, 0)
 
 
 def _keeps_channels(node: fx.Node) -> bool:
@@ -107,7 +155,20 @@ def _fold_input(
             return f"the bias of {layer.node.name} is not one value per feature"
         bias = np.broadcast_to(bias.reshape(-1), (out_features,)) * layer.beta
     new_w64, new_b64 = foldmath.fold_matrix_input_affine(w, bias, scale, shift, in_axis)
-    new_w, why = _cast(new_w64, weight.dtype, w, 1 - in_axis)
+    return _layer_fold(program, layer, weight, w, new_w64, new_b64, 1 - in_axis)
+
+
+def _layer_fold(
+    program: Program,
+    layer: Layer,
+    weight: torch.Tensor,
+    w: np.ndarray,
+    new_w64: np.ndarray,
+    new_b64: np.ndarray,
+    out_axis: int,
+) -> LayerFold | str:
+    """Cast the float64 results back (``foldmath``'s refusals) into a LayerFold."""
+    new_w, why = _cast(new_w64, weight.dtype, w, out_axis)
     if why:
         return f"{layer.node.name}: {why}"
     new_b, why = _cast(new_b64, weight.dtype, None)

@@ -73,6 +73,14 @@ def plan_identity(
 
 def _tap(conv: fx.Node, w: np.ndarray) -> tuple[int, ...] | None:
     """The identity tap of an ``aten.conv*d`` / ``aten.convolution`` call, if any."""
+    stride, dilation, mode, pads = conv_geometry(conv, w)
+    kernel = list(w.shape[2:])
+    begins, ends = patterns.pad_extents(kernel, dilation, mode, pads)
+    return patterns.identity_tap(kernel, stride, dilation, begins, ends)
+
+
+def conv_geometry(conv: fx.Node, w: np.ndarray) -> tuple[list[int], list[int], str, list[int]]:
+    """(strides, dilations, ONNX-style auto_pad mode, pads) of a convolution call."""
     n = w.ndim - 2
     args = list(conv.args)
     if conv.target == aten.convolution.default:
@@ -82,14 +90,11 @@ def _tap(conv: fx.Node, w: np.ndarray) -> tuple[int, ...] | None:
         stride = args[3] if args[3] is not None else conv.kwargs.get("stride", 1)
         padding = args[4] if args[4] is not None else conv.kwargs.get("padding", 0)
         dilation = args[5] if args[5] is not None else conv.kwargs.get("dilation", 1)
-    stride, dilation = _ints(stride, n), _ints(dilation, n)
-    kernel = list(w.shape[2:])
     if isinstance(padding, str):
         mode, pads = ("SAME_UPPER" if padding == "same" else "VALID"), []
     else:
         mode, pads = "NOTSET", _ints(padding, n) * 2
-    begins, ends = patterns.pad_extents(kernel, dilation, mode, pads)
-    return patterns.identity_tap(kernel, stride, dilation, begins, ends)
+    return _ints(stride, n), _ints(dilation, n), mode, pads
 
 
 def _ints(value: object, n: int) -> list[int]:

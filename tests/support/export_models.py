@@ -139,3 +139,33 @@ class GhostIdentity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = torch.relu(self.pre_bn(self.pre(x)))
         return self.cheap_bn(self.cheap(x1)) + self.fusion_bn(x1)
+
+
+class BNThenConv(nn.Module):
+    """SwiftFormer: a residual sum → BN → conv (the BN's input has other users)."""
+
+    def __init__(self, padding: int = 0) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(4, 6, 3 if padding else 1, padding=padding, groups=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pre(x)
+        y = y + torch.sigmoid(y)
+        return self.conv(self.bn(y)) + y.sum(1, keepdim=True)
+
+
+class TwoHeads(nn.Module):
+    """EfficientFormerV2's distillation head: BN → mean → two Linear heads, averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.norm = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 4)
+        self.head_dist = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(torch.relu(self.conv(x))).mean((2, 3))
+        return (self.head(y) + self.head_dist(y)) / 2

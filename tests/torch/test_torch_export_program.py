@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from support.export_models import (  # noqa: E402
+    BNThenConv,
     ConcatBN,
     ConvBN,
     DeconvBN,
@@ -17,6 +18,7 @@ from support.export_models import (  # noqa: E402
     SharedConv,
     TokenLinearBN,
     TokenLinearWrongAxis,
+    TwoHeads,
     export,
     randomise_bn,
 )
@@ -332,3 +334,30 @@ def test_conv_output_read_elsewhere_keeps_its_bn(decompose: bool) -> None:
     (entry,) = result.report.batchnorms
     assert entry.status == "left" and "other users" in entry.reason
     assert_close(result.program, model, torch.randn(2, 3, 5, 5))
+
+
+@DECOMPOSE
+def test_bn_before_an_unpadded_conv_folds_into_its_input(decompose: bool) -> None:
+    model = BNThenConv()
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "folded" and entry.pattern == "BN→Conv (consumer)"
+    assert_close(result.program, model, torch.randn(2, 3, 5, 5))
+
+
+def test_bn_before_a_padded_conv_is_left() -> None:
+    model = BNThenConv(padding=1)
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5))
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left"
+    assert_close(result.program, model, torch.randn(2, 3, 5, 5))
+
+
+@DECOMPOSE
+def test_bn_before_two_linear_heads_folds_into_both(decompose: bool) -> None:
+    model = TwoHeads()
+    _ep, result = folded(model, torch.randn(2, 3, 6, 6), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "folded" and "(consumer)" in str(entry.pattern)
+    assert len(entry.into.split(", ")) == 2
+    assert_close(result.program, model, torch.randn(2, 3, 6, 6))
