@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from bnfold import foldmath, patterns
-from bnfold.export.plan import RESHAPES, LayerFold, _dims, _np, value_users
+from bnfold.export.plan import COPIES, RESHAPES, LayerFold, _dims, _np, value_users
 from bnfold.export.program import Layer, Program, layer_of
 from bnfold.torch.layers import _cast
 
@@ -47,7 +47,7 @@ def plan_consumer(
             if not _keeps_channels(user):
                 return "the BN output is averaged over its channels"
             pooled = user
-        elif len(users) == 1 and user.target in RESHAPES and user.args[0] is node:
+        elif len(users) == 1 and user.target in RESHAPES | COPIES and user.args[0] is node:
             pass
         else:
             break

@@ -288,15 +288,16 @@ class PooledBNHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3)
         self.bn = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.2)  # a clone once decomposed
         self.fc = nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.conv(x)).mean((2, 3))
-        return self.fc(self.bn(y))
+        return self.fc(self.drop(self.bn(y)))
 
 
 @DECOMPOSE
-def test_bn_after_pool_folds_into_the_linear(decompose: bool) -> None:
+def test_regression_bn_after_pool_folds_through_a_decomposed_dropout(decompose: bool) -> None:
     model = PooledBNHead()
     _ep, result = folded(model, torch.randn(2, 3, 6, 6), decompose=decompose)
     (entry,) = result.report.batchnorms
