@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import fx
+from torch import fx, nn
 
 from bnfold import patterns
 from bnfold.torch.fx_graph import op_name, permutation
@@ -19,8 +19,16 @@ from bnfold.torch.fx_shapes import PREFIX_KEY
 Dims = tuple[int | None, ...]
 
 
-def map_axis_back(node: fx.Node, out: Dims, inp: Dims, axis: int, channels: int) -> int | None:
-    """The axis of ``node``'s input whose index equals the output's channel index on ``axis``."""
+def map_axis_back(
+    node: fx.Node, out: Dims, inp: Dims, axis: int, channels: int, module: Any = None
+) -> int | None:
+    """The axis of ``node``'s input whose index equals the output's channel index on ``axis``.
+
+    ``module`` is the called module for ``call_module`` nodes (``nn.Flatten``).
+    """
+    if isinstance(module, nn.Flatten):
+        start, end = (_norm(v, len(inp)) for v in (module.start_dim, module.end_dim))
+        return _flatten_back(start, end, inp, axis, channels)
     name = op_name(node)
     if name == "contiguous":
         return axis
@@ -36,24 +44,29 @@ def map_axis_back(node: fx.Node, out: Dims, inp: Dims, axis: int, channels: int)
             return None
         return axis + (axis >= d) if inp[d] == 1 else axis
     if name == "flatten":
-        return _flatten_back(node, inp, axis, channels)
+        start = _dim(node, 1, "start_dim", len(inp), default=0)
+        end = _dim(node, 2, "end_dim", len(inp), default=-1)
+        return _flatten_back(start, end, inp, axis, channels)
     if axis < node.meta.get(PREFIX_KEY, 0):
         return axis  # a reshape that keeps the leading dims up to the channel axis
     return _reshape_back(out, inp, axis, channels)
 
 
-def _flatten_back(node: fx.Node, inp: Dims, axis: int, channels: int) -> int | None:
-    start = _dim(node, 1, "start_dim", len(inp), default=0)
-    end = _dim(node, 2, "end_dim", len(inp), default=-1)
-    if start is None or end is None:
+def _flatten_back(
+    start: int | None, end: int | None, inp: Dims, axis: int, channels: int
+) -> int | None:
+    if start is None or end is None or start > end:
         return None
     if axis < start:
         return axis
     if axis > start:
         return axis + (end - start)
+    # The merged axis holds exactly `channels` entries for every input the model accepts (the
+    # BN checks its channel count), so one merged dim known to be `channels` forces the rest
+    # to 1 (unknown ones included): the merge is then one to one.
     merged = inp[start : end + 1]
     hits = [i for i, d in enumerate(merged) if d == channels]
-    if len(hits) == 1 and all(d == 1 for i, d in enumerate(merged) if i != hits[0]):
+    if len(hits) == 1 and all(d in (1, None) for i, d in enumerate(merged) if i != hits[0]):
         return start + hits[0]
     return None
 
@@ -71,7 +84,10 @@ def _arg(node: fx.Node, index: int, key: str) -> Any:
 
 def _dim(node: fx.Node, index: int, key: str, rank: int, default: int | None = None) -> int | None:
     value = _arg(node, index, key)
-    value = default if value is None else value
+    return _norm(default if value is None else value, rank)
+
+
+def _norm(value: Any, rank: int) -> int | None:
     if type(value) is not int or not -max(rank, 1) <= value < max(rank, 1):
         return None
     return value % max(rank, 1)

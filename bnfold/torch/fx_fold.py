@@ -184,7 +184,7 @@ class GraphFolder:
             return f"{describe_node(value, self.gm)} is also used by {what}"
         if value.op == "call_module" and layers.layer_kind(self.mod(value)):
             return self._plan_layer(value, axis, s, t, depth, kinds)
-        if is_layout(value):
+        if is_layout(value) or (value.op == "call_module" and type(self.mod(value)) is nn.Flatten):
             return self._plan_layout(value, axis, s, t, depth, kinds)
         if value.op == "call_function" and value.target in CAT:
             return self._plan_concat(value, axis, s, t, depth, kinds)
@@ -233,7 +233,8 @@ class GraphFolder:
         where = describe_node(node, self.gm)
         if out is None or inp is None:
             return f"BN follows {where}: needs example_inputs to prove which axis BN normalises"
-        new_axis = map_axis_back(node, out, inp, axis, len(s))
+        module = self.mod(node) if node.op == "call_module" else None
+        new_axis = map_axis_back(node, out, inp, axis, len(s), module)
         if new_axis is None:
             return f"the layer's feature axis does not survive {where}"
         return self._plan_output(src, node, new_axis, s, t, depth + 1, kinds)

@@ -101,7 +101,8 @@ _ELEMENTWISE_FUNCS: set[Any] = {
     torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid,
     torch.sigmoid, torch.tanh, F.tanh, F.leaky_relu, F.elu, F.mish, F.softmax, torch.softmax,
     F.log_softmax, torch.exp, torch.abs, torch.neg, torch.clamp, torch.clip, F.hardtanh,
-    torch.sqrt, torch.rsqrt, F.dropout, F.gelu, torch.erf, F.softplus,
+    torch.sqrt, torch.rsqrt, F.dropout, F.gelu, torch.erf, F.softplus, F.layer_norm,
+    F.group_norm, F.normalize,
 }  # fmt: skip
 _ELEMENTWISE_METHODS = {
     "relu", "sigmoid", "tanh", "softmax", "exp", "neg", "abs", "clamp", "clip", "sqrt",
@@ -223,8 +224,14 @@ class _Propagator:
                 return len(x.dims)
         if target in _INT_OPS and all(type(a) is int for a in args):
             return _INT_OPS[target](*args)
+        if target is operator.add and isinstance(x, Size) and len(args) == 2:
+            tail = args[1].dims if isinstance(args[1], Size) else args[1]
+            return Size((*x.dims, *tail)) if isinstance(tail, (tuple, list)) else None
         if target in _BINARY or (node.op == "call_method" and name in _BINARY_METHODS):
             return broadcast(args[:2]) if len(args) >= 2 else None
+        if node.op == "call_function" and node.target in CAT:
+            tensors = args[0] if args else kwargs.get("tensors")
+            return cat(tensors, args[1] if len(args) > 1 else kwargs.get("dim", 0))
         if name in ("reshape", "view") and len(args) > 1:
             return T(reshape(x.dims if isinstance(x, T) else None, shape_args(args[1:])))
         if not isinstance(x, T):
@@ -239,8 +246,6 @@ class _Propagator:
         self, node: fx.Node, name: str, x: T, args: list[Any], kwargs: dict[str, Any]
     ) -> Any:
         dims = x.dims
-        if node.op == "call_function" and node.target in CAT:
-            return cat(args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0))
         if name == "flatten":
             start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)

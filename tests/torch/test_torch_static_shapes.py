@@ -257,3 +257,33 @@ def test_index_rules_keep_the_rank_where_torch_does() -> None:
     bias_index = T((5, 5))
     assert index_tensor((3, 9), (slice(None), bias_index), True).dims == (3, 5, 5)
     assert index_tensor((3, 9), (slice(None), bias_index), False) is None  # a mask: unknown
+
+
+class _SplitCatFlatten(nn.Module):
+    """InceptionNeXt's split → convs → cat → BN, a ``shape[:-1] + (-1,)`` reshape (MaxViT),
+    and a BN after an ``nn.Flatten`` of a Conv (SHViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8))
+        self.hw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.norm = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 8)
+        self.conv = nn.Conv2d(8, 6, 4)
+        self.flat = nn.Flatten(1)
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a, b = torch.split(x, (4, 4), dim=1)
+        x = self.norm(torch.cat((a, self.hw(b)), dim=1))  # → permute → Linear: consumer
+        y = self.fc(x.permute(0, 2, 3, 1))
+        y = y.reshape(y.shape[:-1] + (-1,)).permute(0, 3, 1, 2)  # noqa: RUF005
+        return self.bn(self.flat(self.conv(y)))
+
+
+@pytest.mark.parametrize("with_inputs", [True, False])
+def test_split_cat_size_concat_and_flatten_module(with_inputs: bool) -> None:
+    result = _check(prepared(_SplitCatFlatten(), 22), torch.randn(2, 3, 4, 4), with_inputs)
+    assert set(statuses(result).values()) == {"folded"}
+    assert next(e for e in result.report.batchnorms if e.name == "bn").pattern == "Conv→BN"
