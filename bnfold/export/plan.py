@@ -45,7 +45,7 @@ class FoldPlan:
     kind: str
     pattern: str
     folds: list[LayerFold]
-    replaces: str | None = None  # identity branch: this sum node becomes the layer
+    replaces: tuple[str, str] | None = None  # identity branch: (sum node, its other term)
 
     @property
     def into(self) -> str:
@@ -104,9 +104,9 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
     identity = plan_identity(program, bn_out, bn.source, scale, shift) if len(main) == 1 else "-"
     if isinstance(identity, str):
         return producer
-    fold, add = identity
+    fold, add, rest = identity
     pattern = "Conv+BN(identity)→Conv (re-param)"
-    return FoldPlan(bn.node.name, bn.kind, pattern, [fold], replaces=add)
+    return FoldPlan(bn.node.name, bn.kind, pattern, [fold], replaces=(add, rest))
 
 
 def _plan_producer(

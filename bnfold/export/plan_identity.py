@@ -23,8 +23,8 @@ ADDS = {aten.add.Tensor, aten.add_.Tensor}
 
 def plan_identity(
     program: Program, bn_out: fx.Node, x: fx.Node, scale: np.ndarray, shift: np.ndarray
-) -> tuple[LayerFold, str] | str:
-    """(new conv weights, the add it replaces), or why this is no identity branch."""
+) -> tuple[LayerFold, str, str] | str:
+    """(new conv weights, the add to replace, what replaces it), or why not."""
     users = value_users(bn_out)
     if len(users) != 1 or users[0].target not in ADDS or program.is_user_output(bn_out):
         return "the BN output is not one term of a sum"
@@ -32,12 +32,12 @@ def plan_identity(
     terms = [a for a in add.args[:2] if isinstance(a, fx.Node)]
     if len(terms) != 2 or add.kwargs.get("alpha", 1) != 1 or terms[0] is terms[1]:
         return "the sum is not of two tensors"
-    other = terms[1] if terms[0] is bn_out else terms[0]
+    rest = terms[1] if terms[0] is bn_out else terms[0]
+    other = _conv_term(program, rest, x)
+    if isinstance(other, str):
+        return other
     layer = layer_of(other)
-    if isinstance(layer, str) or layer.kind != "Conv" or other.args[0] is not x:
-        return "the other term is not a convolution of the BN's input"
-    if len(value_users(other)) != 1 or program.is_user_output(other):
-        return f"{other.name} has other users"
+    assert not isinstance(layer, str)
     val, out = bn_out.meta.get("val"), other.meta.get("val")
     if val is None or out is None or tuple(val.shape) != tuple(out.shape):
         return "the convolution changes the shape"
@@ -68,7 +68,29 @@ def plan_identity(
     target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
     device = weight.device
     fold = LayerFold(other.name, "Conv", new_w.to(device), new_b.to(device), target)
-    return fold, add.name
+    return fold, add.name, rest.name
+
+
+def _conv_term(program: Program, rest: fx.Node, x: fx.Node, depth: int = 8) -> fx.Node | str:
+    """A convolution of ``x`` among the terms of ``rest`` (a conv, or a sum of terms
+    each read only there: MobileOne's parallel branches), or why there is none."""
+    if len(value_users(rest)) != 1 or program.is_user_output(rest):
+        return f"{rest.name} has other users"
+    layer = layer_of(rest)
+    if not isinstance(layer, str):
+        if layer.kind == "Conv" and rest.args[0] is x:
+            return rest
+        return "the other term is not a convolution of the BN's input"
+    if rest.target not in ADDS or rest.kwargs.get("alpha", 1) != 1 or depth == 0:
+        return "the other term is not a convolution of the BN's input"
+    why = "the other term is not a convolution of the BN's input"
+    for term in rest.args[:2]:
+        if isinstance(term, fx.Node):
+            found = _conv_term(program, term, x, depth - 1)
+            if not isinstance(found, str):
+                return found
+            why = found
+    return why
 
 
 def _tap(conv: fx.Node, w: np.ndarray) -> tuple[int, ...] | None:

@@ -92,9 +92,9 @@ class _Rewriter:
         for plan in plans:
             for fold in plan.folds:
                 self._fold_layer(fold)
-            if plan.replaces is not None:  # an identity branch: the sum is the layer now
-                add = self.nodes[plan.replaces]
-                add.replace_all_uses_with(self.nodes[plan.folds[0].layer])
+            if plan.replaces is not None:  # an identity branch: the sum loses the BN term
+                add, rest = (self.nodes[name] for name in plan.replaces)
+                add.replace_all_uses_with(rest)
                 self.graph.erase_node(add)
             self._remove_bn(self.nodes[plan.bn])
         self._drop_dead()

@@ -169,3 +169,19 @@ class TwoHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(torch.relu(self.conv(x))).mean((2, 3))
         return (self.head(y) + self.head_dist(y)) / 2
+
+
+class MobileOneBlock(nn.Module):
+    """MobileOne: k×k conv → BN, 1×1 conv → BN and an identity BN of the same input, summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_kxk = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn_kxk = nn.BatchNorm2d(4)
+        self.conv_scale = nn.Conv2d(4, 4, 1, bias=False)
+        self.bn_scale = nn.BatchNorm2d(4)
+        self.identity = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn_kxk(self.conv_kxk(x)) + self.bn_scale(self.conv_scale(x))
+        return torch.relu(out + self.identity(x))

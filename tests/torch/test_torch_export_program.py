@@ -15,6 +15,7 @@ from support.export_models import (  # noqa: E402
     GhostIdentity,
     HeadBN,
     LinearBN,
+    MobileOneBlock,
     SharedConv,
     TokenLinearBN,
     TokenLinearWrongAxis,
@@ -362,3 +363,12 @@ def test_bn_before_two_linear_heads_folds_into_both(decompose: bool) -> None:
     assert entry.status == "folded" and "(consumer)" in str(entry.pattern)
     assert len(entry.into.split(", ")) == 2
     assert_close(result.program, model, torch.randn(2, 3, 6, 6))
+
+
+@DECOMPOSE
+def test_identity_bn_folds_into_one_of_several_parallel_convs(decompose: bool) -> None:
+    model = MobileOneBlock()
+    _ep, result = folded(model, torch.randn(2, 4, 5, 5), decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 3
+    assert bn_calls(result.program) == []
+    assert_close(result.program, model, torch.randn(2, 4, 5, 5))
