@@ -25,14 +25,19 @@ def plan_identity(
     program: Program, bn_out: fx.Node, x: fx.Node, scale: np.ndarray, shift: np.ndarray
 ) -> tuple[LayerFold, str, str] | str:
     """(new conv weights, the add to replace, what replaces it), or why not."""
-    users = value_users(bn_out)
-    if len(users) != 1 or users[0].target not in ADDS or program.is_user_output(bn_out):
-        return "the BN output is not one term of a sum"
+    term = bn_out
+    while True:  # timm's ``out = 0; out += identity(x)`` adds a zero first
+        users = value_users(term)
+        if len(users) != 1 or users[0].target not in ADDS or program.is_user_output(term):
+            return "the BN output is not one term of a sum"
+        if _zero_add(users[0]) is None:
+            break
+        term = users[0]
     add = users[0]
     terms = [a for a in add.args[:2] if isinstance(a, fx.Node)]
     if len(terms) != 2 or add.kwargs.get("alpha", 1) != 1 or terms[0] is terms[1]:
         return "the sum is not of two tensors"
-    rest = terms[1] if terms[0] is bn_out else terms[0]
+    rest = terms[1] if terms[0] is term else terms[0]
     other = _conv_term(program, rest, x)
     if isinstance(other, str):
         return other
@@ -71,11 +76,26 @@ def plan_identity(
     return fold, add.name, rest.name
 
 
+def _zero_add(node: fx.Node) -> fx.Node | None:
+    """``t + 0`` or ``0 + t`` (a number zero): the tensor t, else None."""
+    if node.target not in ADDS or len(node.args) < 2:
+        return None
+    a, b = node.args[:2]
+    if isinstance(a, fx.Node) and isinstance(b, (int, float)) and b == 0:
+        return a
+    if isinstance(b, fx.Node) and isinstance(a, (int, float)) and a == 0:
+        return b
+    return None
+
+
 def _conv_term(program: Program, rest: fx.Node, x: fx.Node, depth: int = 8) -> fx.Node | str:
     """A convolution of ``x`` among the terms of ``rest`` (a conv, or a sum of terms
     each read only there: MobileOne's parallel branches), or why there is none."""
     if len(value_users(rest)) != 1 or program.is_user_output(rest):
         return f"{rest.name} has other users"
+    inner = _zero_add(rest)
+    if inner is not None and depth:
+        return _conv_term(program, inner, x, depth - 1)
     layer = layer_of(rest)
     if not isinstance(layer, str):
         if layer.kind == "Conv" and rest.args[0] is x:

@@ -95,6 +95,7 @@ class _Rewriter:
             if plan.replaces is not None:  # an identity branch: the sum loses the BN term
                 add, rest = (self.nodes[name] for name in plan.replaces)
                 add.replace_all_uses_with(rest)
+                self.candidates += [a for a in add.args[:2] if isinstance(a, fx.Node)]
                 self.graph.erase_node(add)
             self._remove_bn(self.nodes[plan.bn])
         self._drop_dead()

@@ -185,3 +185,19 @@ class MobileOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn_kxk(self.conv_kxk(x)) + self.bn_scale(self.conv_scale(x))
         return torch.relu(out + self.identity(x))
+
+
+class TimmZeroSum(nn.Module):
+    """timm's MobileOneBlock forward: ``out = 0; out += identity(x); out += conv_bn(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.identity = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = 0
+        out += self.identity(x)
+        out += self.bn(self.conv(x))
+        return out

@@ -17,6 +17,7 @@ from support.export_models import (  # noqa: E402
     LinearBN,
     MobileOneBlock,
     SharedConv,
+    TimmZeroSum,
     TokenLinearBN,
     TokenLinearWrongAxis,
     TwoHeads,
@@ -370,5 +371,15 @@ def test_identity_bn_folds_into_one_of_several_parallel_convs(decompose: bool) -
     model = MobileOneBlock()
     _ep, result = folded(model, torch.randn(2, 4, 5, 5), decompose=decompose)
     assert result.report.counts()["batchnorm"]["folded"] == 3
+    assert bn_calls(result.program) == []
+    assert_close(result.program, model, torch.randn(2, 4, 5, 5))
+
+
+@DECOMPOSE
+def test_regression_identity_bn_after_a_zero_start(decompose: bool) -> None:
+    """timm sums branches from ``out = 0``: the identity BN's sum is ``(bn(x) + 0) + conv``."""
+    model = TimmZeroSum()
+    _ep, result = folded(model, torch.randn(2, 4, 5, 5), decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 2
     assert bn_calls(result.program) == []
     assert_close(result.program, model, torch.randn(2, 4, 5, 5))
