@@ -95,7 +95,71 @@ def _eligible_names(graph: onnx.GraphProto) -> set[str]:
                     ok[name] = False
     for value in graph.output:
         ok[value.name] = False
+    for name in _shape_sources(graph):
+        ok[name] = False
     return {name for name, flag in ok.items() if flag}
+
+
+_INTEGER_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+# (op, first input index read as a size, index or scale): everything after it too
+_SEMANTIC_INPUTS = {
+    "Reshape": 1,
+    "Pad": 1,
+    "Slice": 1,
+    "Expand": 1,
+    "Tile": 1,
+    "Resize": 1,
+    "Upsample": 1,
+    "ConstantOfShape": 0,
+    "Range": 0,
+    "OneHot": 1,
+    "TopK": 1,
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+    "Split": 1,
+}
+
+
+def _shape_sources(graph: onnx.GraphProto) -> set[str]:
+    """Values that flow into sizes, pads, indices or integer casts (float shape arithmetic).
+
+    A legacy export may compute pads in float (``Cast(Div(Sub(size, k), 2))``): one ulp on
+    such a constant moves a size by one and the jittered copy no longer runs (NASNet).
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    stack: list[str] = []
+    for node in graph.node:
+        first = _SEMANTIC_INPUTS.get(node.op_type)
+        if first is not None:
+            stack.extend(node.input[first:])
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to in _INTEGER_TYPES:
+            stack.extend(node.input)
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        producer = producers.get(name)
+        if producer is not None and producer.op_type not in _METADATA_OPS:
+            stack.extend(producer.input)
+    return seen
+
+
+_METADATA_OPS = frozenset({"Shape", "Size"})  # read only a tensor's shape, never its values
 
 
 def _names_read(graph: onnx.GraphProto) -> set[str]:

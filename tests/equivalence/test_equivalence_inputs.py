@@ -167,3 +167,39 @@ def test_jitter_leaves_constants_read_by_subgraphs() -> None:
     after = {t.name: t.raw_data for t in jittered.graph.initializer}
     assert after["B"] == before["B"]  # also read inside the If branches
     assert after["W"] != before["W"]
+
+
+def test_regression_jitter_moved_float_pad_arithmetic_and_the_copy_no_longer_ran() -> None:
+    """NASNet (legacy export) computes pads in float: Cast(Div(Sub(size, k), 2)) to int64.
+
+    One ulp on those constants moved a pad by one; the jittered reference failed in an
+    Add ("broadcast … 15 by 16") and bnfold exited 2 on a correct fold.
+    """
+    from onnx import helper as oh
+
+    nodes = [
+        oh.make_node("Sub", ["size", "k"], ["d"]),
+        oh.make_node("Div", ["d", "two"], ["half"]),
+        oh.make_node("Cast", ["half"], ["pads"], to=onnx.TensorProto.INT64),
+        oh.make_node("Pad", ["x", "pads"], ["padded"]),
+        oh.make_node("Mul", ["padded", "w"], ["y"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array([0, 0, 7, 7, 0, 0, 7, 7], np.float32) * 1.0, "size"),
+        onnx.numpy_helper.from_array(np.float32(3.0), "k"),
+        onnx.numpy_helper.from_array(np.float32(2.0), "two"),
+        onnx.numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "w"),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    moved = jittered_copy(model, np.random.default_rng(0), 4)
+    before = {t.name: t.raw_data or t.float_data for t in model.graph.initializer}
+    after = {t.name: t.raw_data or t.float_data for t in moved.graph.initializer}
+    assert all(after[n] == before[n] for n in ("size", "k", "two"))  # shape arithmetic kept
+    assert after["w"] != before["w"]  # the weight still moves
