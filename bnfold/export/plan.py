@@ -122,6 +122,8 @@ def _plan_producer(
         return source
     if source.target == aten.cat.default:
         return _plan_concat(program, bn, source, scale, shift)
+    if source.target == aten.add.Tensor and not source.kwargs:
+        return _plan_sum(program, bn, source, scale, shift)
     layer = layer_of(source)
     if isinstance(layer, str):
         return layer
@@ -348,6 +350,30 @@ def _plan_concat(
             return fold
         folds.append(fold)
     return FoldPlan(bn.node.name, bn.kind, "Concat→BN (split)", folds)
+
+
+def _plan_sum(
+    program: Program, bn: BnNode, add: fx.Node, scale: np.ndarray, shift: np.ndarray
+) -> FoldPlan | str:
+    """BN after ``a + b`` of two layers: s·(a + b) + t = (s·a + t) + s·b (``split_sum``)."""
+    terms = add.args[:2]
+    if not all(isinstance(t, fx.Node) for t in terms) or terms[0] is terms[1]:
+        return "the BN input comes from add.Tensor, not a convolution or linear layer"
+    folds = []
+    for term, (s, t) in zip(terms, patterns.split_sum(scale, shift, 2), strict=True):
+        layer = layer_of(term)  # type: ignore[arg-type]
+        if isinstance(layer, str):
+            return "the BN input comes from add.Tensor, not a convolution or linear layer"
+        if len(value_users(term)) != 1 or program.is_user_output(term):  # type: ignore[arg-type]
+            return f"the summed term {term.name} has other users"  # type: ignore[union-attr]
+        why = _channel_axis_reason(layer, add, scale.shape[0])
+        if why:
+            return why
+        fold = fold_layer(program, layer, s, t)
+        if isinstance(fold, str):
+            return fold
+        folds.append(fold)
+    return FoldPlan(bn.node.name, bn.kind, "Add(Conv terms)→BN", folds)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

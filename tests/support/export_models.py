@@ -201,3 +201,16 @@ class TimmZeroSum(nn.Module):
         out += self.identity(x)
         out += self.bn(self.conv(x))
         return out
+
+
+class SumBN(nn.Module):
+    """Xception41p: BN after the sum of two convolutions of different inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.a(x) + self.b(x * 2))

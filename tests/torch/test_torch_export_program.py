@@ -17,6 +17,7 @@ from support.export_models import (  # noqa: E402
     LinearBN,
     MobileOneBlock,
     SharedConv,
+    SumBN,
     TimmZeroSum,
     TokenLinearBN,
     TokenLinearWrongAxis,
@@ -383,3 +384,12 @@ def test_regression_identity_bn_after_a_zero_start(decompose: bool) -> None:
     assert result.report.counts()["batchnorm"]["folded"] == 2
     assert bn_calls(result.program) == []
     assert_close(result.program, model, torch.randn(2, 4, 5, 5))
+
+
+@DECOMPOSE
+def test_bn_after_a_sum_of_convs_folds_into_both(decompose: bool) -> None:
+    model = SumBN()
+    _ep, result = folded(model, torch.randn(2, 3, 5, 5), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "folded" and entry.pattern == "Add(Conv terms)→BN"
+    assert_close(result.program, model, torch.randn(2, 3, 5, 5))
