@@ -52,6 +52,26 @@ def map_axis_back(
     return _reshape_back(out, inp, axis, channels)
 
 
+def map_axis_forward(node: fx.Node, rank: int, axis: int) -> int | None:
+    """Where input ``axis`` lands on the output of an unsqueeze or a flatten that keeps it.
+
+    None when the axis is merged with others by the flatten (then sizes decide).
+    """
+    name = op_name(node)
+    if name == "unsqueeze":
+        d = _dim(node, 1, "dim", rank + 1)
+        return None if d is None else axis + (axis >= d)
+    start = _dim(node, 1, "start_dim", rank, default=0)
+    end = _dim(node, 2, "end_dim", rank, default=-1)
+    if start is None or end is None or start > end:
+        return None
+    if axis < start:
+        return axis
+    if axis > end:
+        return axis - (end - start)
+    return start if start == end else None
+
+
 def _flatten_back(
     start: int | None, end: int | None, inp: Dims, axis: int, channels: int
 ) -> int | None:

@@ -17,7 +17,9 @@ from torch import fx, nn
 
 from bnfold import patterns
 from bnfold.torch import layers
+from bnfold.torch.fx_axes import map_axis_forward
 from bnfold.torch.fx_graph import is_layout, op_name, output_nodes, permutation, real_users
+from bnfold.torch.fx_shapes import PREFIX_KEY
 
 if TYPE_CHECKING:
     from bnfold.torch.fx_fold import GraphFolder
@@ -184,6 +186,12 @@ def _layout(
     if name in ("transpose", "permute"):
         perm = permutation(node, len(src_dims))
         return (perm.index(axis), idx) if perm else None
+    if name in ("reshape", "view") and axis < node.meta.get(PREFIX_KEY, 0):
+        return axis, idx  # the reshape keeps the leading dims through the channel axis
+    if name == "unsqueeze" or (name == "flatten" and node.op != "call_module"):
+        moved = map_axis_forward(node, len(src_dims), axis)
+        if moved is not None:
+            return moved, idx
     found = patterns.map_flat(src_dims, axis, len(idx), out_dims)
     if len(found) != 1:
         return None

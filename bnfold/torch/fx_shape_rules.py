@@ -293,7 +293,8 @@ def cat(tensors: Any, dim: Any) -> T | None:
             known = {d for d in column if size_of(d) is not None}
             if len(known) > 1:
                 raise Impossible("cat of mismatched shapes")
-            out.append(known.pop() if known else None)
+            same = all(d is column[0] for d in column)  # one named size everywhere
+            out.append(known.pop() if known else column[0] if same else None)
     return T(out)
 
 

@@ -287,3 +287,31 @@ def test_split_cat_size_concat_and_flatten_module(with_inputs: bool) -> None:
     result = _check(prepared(_SplitCatFlatten(), 22), torch.randn(2, 3, 4, 4), with_inputs)
     assert set(statuses(result).values()) == {"folded"}
     assert next(e for e in result.report.batchnorms if e.name == "bn").pattern == "Conv→BN"
+
+
+class _NextVitMixer(nn.Module):
+    """NextViT: ``cat`` of two branches, a BN, ``reshape(B, C, -1)`` with B, C read from another
+    tensor's shape, then Linear readers (one behind AvgPool1d and its own BN)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.norm1 = nn.BatchNorm2d(8)
+        self.q = nn.Linear(8, 8)
+        self.sr = nn.AvgPool1d(2)
+        self.norm = nn.BatchNorm1d(8)
+        self.k = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(torch.cat([self.a(x), self.b(x)], dim=1))
+        b, c, _, _ = y.shape
+        t = self.norm1(y).reshape(b, c, -1).transpose(-1, -2)
+        kv = self.norm(self.sr(t.transpose(1, 2))).transpose(1, 2)
+        return self.q(t).sum() + self.k(kv).sum()
+
+
+@pytest.mark.parametrize("with_inputs", [True, False])
+def test_consumer_through_a_reshape_that_keeps_named_dims(with_inputs: bool) -> None:
+    result = _check(prepared(_NextVitMixer(), 23), torch.randn(2, 3, 4, 4), with_inputs)
+    assert statuses(result) == {"norm1": "folded", "norm": "folded"}
