@@ -70,6 +70,7 @@ def run_one(name: str, part: str) -> dict[str, Any]:
         ref = net(*inputs)
     scale = float(ref.abs().max())
     out: dict[str, Any] = {"model": name, "part": part, "executed": count_bn_ops(net, inputs)}
+    out["commit"] = _commit()
     if part == "module":
         import bnfold
 
@@ -106,6 +107,18 @@ def run_one(name: str, part: str) -> dict[str, Any]:
     else:
         out["onnx"] = _onnx(name, net, inputs)
     return out
+
+
+def _commit() -> str:
+    """The bnfold commit a result was measured with (``+`` when the tree had changes)."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE)
+        return proc.stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (
+        "+" if git("status", "--porcelain", "bnfold") else ""
+    )
 
 
 def _noise_floor(net: Any, inputs: tuple[Any, ...], ref: Any, scale: float) -> float:
@@ -187,6 +200,7 @@ def _last_json(text: str) -> dict[str, Any] | None:
 def render(names: list[str]) -> str:
     rows, totals = [], {"executed": 0, "with": 0, "without": 0, "onnx": 0, "fuse": 0}
     worst, failures, short, wrong = 0.0, [], [], []
+    commits: set[str] = set()
     for name in names:
         cells = {p: _load(name, p) for p in PARTS}
         mod, onnx, fuse = cells["module"], cells["onnx"], cells["fuse"]
@@ -195,6 +209,7 @@ def render(names: list[str]) -> str:
         if "failure" in mod:
             failures.append(f"{name} ({mod['failure'][:60]})")
             continue
+        commits.add(mod.get("commit", "before c6c9832"))
         ex = mod["executed"]
         w, wo = ex - mod["with_inputs"]["left"], ex - mod["without_inputs"]["left"]
         worst = max(worst, mod["with_inputs"]["rel_error"], mod["without_inputs"]["rel_error"])
@@ -247,6 +262,7 @@ def render(names: list[str]) -> str:
         f"- fx.fuse: {totals['fuse']}/{ex} ({100 * totals['fuse'] / ex:.1f}%)",
         f"- module path (with or without inputs) leaves more BN than the ONNX path on: "
         f"{', '.join(short) or 'none'}",
+        f"- module-path results measured at commits: {', '.join(sorted(commits)) or '?'}",
         f"- worst max relative error (module path): {worst:.1e}; above {TOLERANCE:g} and above "
         f"{NOISE_FACTOR:g}× the model's noise floor: {', '.join(wrong) or 'none'}",
     ]
