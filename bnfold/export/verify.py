@@ -120,7 +120,7 @@ def input_sets(ep: ExportedProgram, seeds: int) -> list[Inputs]:
     for seed in range(1, seeds):
         sets.append(_random_like(sets[0], seed))
     if _has_dynamic_dims(ep):
-        with contextlib.suppress(ValueError):  # an input that is not a plain tensor
+        with contextlib.suppress(Exception):  # an input or a dim it cannot size: skip the set
             sets.append(synthesise(ep, seed=seeds, prefer_hint=False))
     return sets
 
@@ -153,9 +153,11 @@ def _dim(d: Any, ep: ExportedProgram, prefer_hint: bool) -> int:
         if isinstance(hint, int):
             return hint
         raise ValueError(f"no range for dim {d}")
-    lo, hi = int(rng.lower), rng.upper
-    choice = 3 if hint != 3 else 5
-    top = int(hi) if hi.is_finite else choice
+    lo, choice = int(rng.lower), 3 if hint != 3 else 5
+    try:
+        top = int(rng.upper)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # unbounded (int_oo)
+        top = choice
     return max(lo, min(top, choice))
 
 

@@ -393,3 +393,12 @@ def test_bn_after_a_sum_of_convs_folds_into_both(decompose: bool) -> None:
     (entry,) = result.report.batchnorms
     assert entry.status == "folded" and entry.pattern == "Add(Conv terms)→BN"
     assert_close(result.program, model, torch.randn(2, 3, 5, 5))
+
+
+def test_regression_unbounded_dynamic_dim() -> None:
+    """``Dim("batch")`` without a maximum has an infinite upper bound that broke input sizing."""
+    model = randomise_bn(ConvBN(2)).eval()
+    ep = export(model, torch.randn(2, 3, 5, 5), dynamic={"x": {0: torch.export.Dim("batch")}})
+    result = fold_program(ep)
+    assert result.verification and len(result.verification.seeds) == 4
+    assert_close(result.program, model, torch.randn(6, 3, 5, 5))
