@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan(args: argparse.Namespace, cache: Path) -> list[Entry]:
     """Run order: quick set, fixture files, half the format variants, one model per family
-    (timm and torchvision), the other half, then the further timm architectures."""
+    (timm, with the torchvision models spread among them), the other half of the format
+    variants, then the further timm architectures."""
     timm = sm.select_timm(catalogue(cache))
     models = [*timm, *sm.torchvision_models()]
     files = _files(args.extra)
@@ -99,7 +100,8 @@ def plan(args: argparse.Namespace, cache: Path) -> list[Entry]:
         subset = [by_name[n] for n in sm.VARIANT_MODELS if n in by_name]
         formats = [(m, v) for m in subset for v in sm.FORMAT_VARIANTS]
         first = list({m.family: m for m in reversed(timm)}.values())
-        families = [*sorted(first, key=lambda m: m.family), *sm.torchvision_models()]
+        tv = sorted(sm.torchvision_models(), key=lambda m: m.family.endswith("classification"))
+        families = _interleave(sorted(first, key=lambda m: m.family), tv)
         ordered += formats[: len(formats) // 2]
         ordered += [(m, v) for m in families for v in sm.BASE_VARIANTS]
         ordered += formats[len(formats) // 2 :]
@@ -111,6 +113,17 @@ def plan(args: argparse.Namespace, cache: Path) -> list[Entry]:
             seen.add((model.name, variant))
             entries.append((model, variant))
     return entries
+
+
+def _interleave(many: list[sm.Model], few: list[sm.Model]) -> list[sm.Model]:
+    """``many`` with ``few`` spread evenly through it (torchvision among the timm families)."""
+    step = max(1, len(many) // max(1, len(few)))
+    out: list[sm.Model] = []
+    for i, model in enumerate(many):
+        out.append(model)
+        if i % step == step - 1 and few:
+            out.append(few.pop(0))
+    return out + few
 
 
 def _wanted(args: argparse.Namespace, model: sm.Model, variant: str) -> bool:

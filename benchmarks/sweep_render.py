@@ -29,9 +29,25 @@ def write(entries: list[Any], cache: Path, out_dir: Path, quick: bool = False) -
     summary = summarise(records, planned=len(entries))
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"{name}.md").write_text(markdown(records, summary) + "\n")
-    doc = {"summary": summary, "records": records}
-    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    doc = {"summary": summary, "records": [_slim(r) for r in records]}
+    lines = [json.dumps(r, default=str, ensure_ascii=False) for r in doc["records"]]
+    text = '{"summary": ' + json.dumps(summary) + ',\n"records": [\n' + ",\n".join(lines) + "\n]}\n"
+    (out_dir / f"{name}.json").write_text(text)  # one record per line: diffs stay readable
     return len(records)
+
+
+def _slim(record: dict[str, Any]) -> dict[str, Any]:
+    """The record for sweep.json: skip reasons grouped without node names, stderr's tail."""
+    b = record.get("bnfold")
+    if not b:
+        return record
+    grouped: Counter[str] = Counter()
+    for reason, n in (b.get("left_reasons") or {}).items():
+        grouped[abbreviate(reason)] += n
+    slim = {**b, "left_reasons": dict(grouped.most_common())}
+    if slim.get("stderr"):
+        slim["stderr"] = slim["stderr"][-1000:]
+    return {**record, "bnfold": slim}
 
 
 # ---- per-record facts -----------------------------------------------------------------
@@ -264,8 +280,8 @@ def worst_cases(records: list[dict[str, Any]]) -> list[str]:
     sections = [
         ("Non-zero exits", [r for r in done if r["bnfold"].get("exit") != 0], _exit_line),
         (
-            "Crashes (traceback, signal or timeout)",
-            [r for r in done if r["bnfold"].get("crash")],
+            "Crashes (traceback, internal error, signal or timeout)",
+            [r for r in done if crashed(r["bnfold"])],
             _crash_line,
         ),
         ("False verification failures", [r for r in done if false_failure(r)], _false_line),
