@@ -249,18 +249,10 @@ def fold_layer(
     program: Program, layer: Layer, scale: np.ndarray, shift: np.ndarray
 ) -> LayerFold | str:
     """New weights for ``layer`` computing ``s·layer(x) + t`` per output channel."""
-    weight = program.tensor(layer.weight)
-    if weight is None:
-        return f"the weight of {layer.node.name} is not a constant of the program"
-    bias = None
-    if layer.bias is not None:
-        bias_t = program.tensor(layer.bias)
-        if bias_t is None:
-            return f"the bias of {layer.node.name} is not a constant of the program"
-        bias = _np(bias_t)
-    if not weight.dtype.is_floating_point:
-        return f"the weight of {layer.node.name} is {weight.dtype}"
-    w = _np(weight)
+    arrays = layer_arrays(program, layer)
+    if isinstance(arrays, str):
+        return arrays
+    weight, w, bias = arrays
     why = _shape_reason(layer, w, scale.shape[0])
     if why:
         return why
@@ -374,6 +366,22 @@ def _plan_sum(
             return fold
         folds.append(fold)
     return FoldPlan(bn.node.name, bn.kind, "Add(Conv terms)→BN", folds)
+
+
+def layer_arrays(
+    program: Program, layer: Layer
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None] | str:
+    """The layer's weight (tensor and float64 array) and bias array, or why they are unusable."""
+    weight = program.tensor(layer.weight)
+    if weight is None or not weight.dtype.is_floating_point:
+        return f"the weight of {layer.node.name} is not a float constant of the program"
+    bias = None
+    if layer.bias is not None:
+        bias_t = program.tensor(layer.bias)
+        if bias_t is None:
+            return f"the bias of {layer.node.name} is not a constant of the program"
+        bias = _np(bias_t)
+    return weight, _np(weight), bias
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

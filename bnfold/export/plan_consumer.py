@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from bnfold import foldmath, patterns
-from bnfold.export.plan import COPIES, RESHAPES, LayerFold, _dims, _np, value_users
+from bnfold.export.plan import COPIES, RESHAPES, LayerFold, _dims, layer_arrays, value_users
 from bnfold.export.program import Layer, Program, layer_of
 from bnfold.torch.layers import _cast
 
@@ -88,22 +88,16 @@ def _fold_conv_input(
     """``conv(s·x + t)`` for a convolution that reads no padding (exact only then)."""
     from bnfold.export.plan_identity import conv_geometry
 
-    weight = program.tensor(layer.weight)
-    if weight is None or not weight.dtype.is_floating_point:
-        return f"the weight of {layer.node.name} is not a float constant of the program"
-    w = _np(weight)
+    arrays = layer_arrays(program, layer)
+    if isinstance(arrays, str):
+        return arrays
+    weight, w, bias = arrays
     if w.shape[1] * layer.groups != scale.shape[0]:
         return f"{layer.node.name} reads {w.shape[1] * layer.groups} channels, BN has {len(scale)}"
     _stride, _dilation, mode, pads = conv_geometry(layer.node, w)
     why = patterns.input_padding_reason(list(w.shape[2:]), mode, pads)
     if why:
         return f"the convolution {why}"
-    bias = None
-    if layer.bias is not None:
-        bias_t = program.tensor(layer.bias)
-        if bias_t is None:
-            return f"the bias of {layer.node.name} is not a constant of the program"
-        bias = _np(bias_t)
     new_w64, new_b64 = foldmath.fold_conv_input_affine(w, bias, scale, shift, layer.groups)
     return _layer_fold(program, layer, weight, w, new_w64, new_b64, 0)
 
@@ -136,16 +130,10 @@ def _axis_reason(pooled: fx.Node, layer_input: fx.Node, channels: int) -> str | 
 def _fold_input(
     program: Program, layer: Layer, scale: np.ndarray, shift: np.ndarray
 ) -> LayerFold | str:
-    weight = program.tensor(layer.weight)
-    if weight is None or not weight.dtype.is_floating_point:
-        return f"the weight of {layer.node.name} is not a float constant of the program"
-    bias = None
-    if layer.bias is not None:
-        bias_t = program.tensor(layer.bias)
-        if bias_t is None:
-            return f"the bias of {layer.node.name} is not a constant of the program"
-        bias = _np(bias_t)
-    w = _np(weight)
+    arrays = layer_arrays(program, layer)
+    if isinstance(arrays, str):
+        return arrays
+    weight, w, bias = arrays
     in_axis = 0 if layer.kind in ("Addmm", "Mm") and not layer.transposed_weight else 1
     if w.ndim != 2 or w.shape[in_axis] != scale.shape[0]:
         return f"{layer.node.name} reads {w.shape[in_axis]} features, the BN has {len(scale)}"

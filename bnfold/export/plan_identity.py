@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from bnfold import patterns
-from bnfold.export.plan import LayerFold, _np, value_users
+from bnfold.export.plan import LayerFold, layer_arrays, value_users
 from bnfold.export.program import Program, layer_of
 from bnfold.torch.layers import _cast
 
@@ -46,16 +46,10 @@ def plan_identity(
     val, out = bn_out.meta.get("val"), other.meta.get("val")
     if val is None or out is None or tuple(val.shape) != tuple(out.shape):
         return "the convolution changes the shape"
-    weight = program.tensor(layer.weight)
-    if weight is None or not weight.dtype.is_floating_point:
-        return f"the weight of {other.name} is not a float constant of the program"
-    bias = None
-    if layer.bias is not None:
-        bias_t = program.tensor(layer.bias)
-        if bias_t is None:
-            return f"the bias of {other.name} is not a constant of the program"
-        bias = _np(bias_t)
-    w = _np(weight)
+    arrays = layer_arrays(program, layer)
+    if isinstance(arrays, str):
+        return arrays
+    weight, w, bias = arrays
     channels = scale.shape[0]
     why = patterns.identity_branch_reason(w.shape[1] * layer.groups, w.shape[0], channels)
     if why:
