@@ -68,8 +68,12 @@ def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldRep
     # The fixpoint: fold, then normalise what the folds exposed, until a round changes nothing.
     folds = fold_passes(ctx)
     steps = ctx.options.max_iterations
-    _run(ir.passes.PassManager([*folds, *normalise], steps=steps, early_stop=True), model)
-    if _run(ir.passes.Sequential(*folds), model):  # still changing: the step limit was hit
+    rounds = _CountRounds()
+    manager = ir.passes.PassManager([*folds, *normalise, rounds], steps=steps, early_stop=True)
+    _run(manager, model)
+    # Early stop means a round changed nothing. Only after all rounds ran can the model still
+    # be changing; one more fold round tells (and costs nothing on the common path).
+    if rounds.count == steps and _run(ir.passes.Sequential(*folds), model):
         ctx.report.warn(f"stopped after {steps} fold iterations")
     explain_left(ctx)
     _run(ir.passes.Sequential(*final_passes(ctx)), model)
@@ -81,6 +85,18 @@ def run_pipeline(model: ir.Model, options: FoldOptions | None = None) -> FoldRep
             "follow running statistics, not batch statistics"
         )
     return ctx.build_report()
+
+
+class _CountRounds(ir.passes.InPlacePass):
+    """Counts the fixpoint's rounds; never changes the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.count += 1
+        return ir.passes.PassResult(model, modified=False)
 
 
 def _run(passes: ir.passes.PassBase, model: ir.Model) -> bool:
