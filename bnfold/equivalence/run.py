@@ -128,10 +128,7 @@ def _run_sets(
         specs,
         feeder.fixed(sets[0]),
         first.try_shapes,
-        hints=shape_search.metadata_hints(
-            pair.ref_src.graph_proto(),
-            shape_search.free_dims(specs, feeder.fixed(sets[0])),
-        ),
+        model=pair.ref_src.graph_proto(),
     )
     kept: list[InputSetRun] = []
     described: dict[str, str] = {}

@@ -136,14 +136,15 @@ def search(
     fixed: Mapping[str, Sequence[int]],
     try_run: Callable[[Shapes], None],
     *,
-    hints: Sequence[Sizes] = (),
+    model: onnx.ModelProto | None = None,
     max_attempts: int = MAX_ATTEMPTS,
     max_seconds: float = MAX_SECONDS,
 ) -> ShapeSearch:
     """Run ``try_run`` at the default shapes, then at searched ones until one runs.
 
-    ``try_run`` raises VerificationError when the reference fails at those shapes. Returns
-    the sizes that ran; raises VerificationError (one line) when none did.
+    ``try_run`` raises VerificationError when the reference fails at those shapes. Sizes the
+    ``model``'s metadata states are tried first. Returns the sizes that ran; raises
+    VerificationError (one line) when none did.
     """
     start = time.monotonic()
     attempts: list[Attempt] = []
@@ -152,6 +153,7 @@ def search(
     if first.ran:
         return ShapeSearch({}, attempts)
     free = free_dims(specs, fixed)
+    hints = metadata_hints(model, free) if model is not None else []
     for sizes in candidate_sizes(free, hints):
         out_of_time = time.monotonic() - start > max_seconds and len(attempts) >= MIN_ATTEMPTS
         if len(attempts) >= max_attempts or out_of_time:

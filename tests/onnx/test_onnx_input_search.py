@@ -230,3 +230,11 @@ def test_batch_applies_shapes_to_the_models_that_have_that_input(tmp_path: Path)
     models = {Path(m["model"]).name: m for m in json.loads(result.stdout)["models"]}
     assert models["rec.onnx"]["verification"]["input_shapes"]["x"] == [1, 3, 48, 100]
     assert models["other.onnx"]["verification"]["input_shapes"]["image"] == [1, 3, 8, 8]
+
+
+def test_metadata_sizes_are_tried_right_after_the_defaults() -> None:
+    model = text_recognizer()
+    helper.set_model_props(model, {"image_shape": "[3, 48, 320]"})
+    result = verify(model, model)
+    assert result.input_shapes["x"] == (1, 3, 48, 320)
+    assert len(result.shape_search["attempts"]) == 2
