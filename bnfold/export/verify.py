@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -21,16 +20,12 @@ from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from bnfold.equivalence.compare import (
     DEFAULT_FLOOR_FACTOR,
-    INPUT_ULPS,
-    Floor,
     default_tolerance,
-    floor_contribution,
     judge,
     measure,
 )
 from bnfold.equivalence.result import OutputComparison, VerifyResult
-
-Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+from bnfold.torch.noise_floor import Inputs, noise_floors, run
 
 
 class ProgramVerifyResult(VerifyResult):
@@ -38,13 +33,6 @@ class ProgramVerifyResult(VerifyResult):
 
     def describe(self) -> str:
         return super().describe().replace(", ORT_DISABLE_ALL", "")
-
-
-@dataclasses.dataclass
-class _Output:
-    name: str
-    runs: list[Any]
-    floor: Floor
 
 
 class ProgramReference:
@@ -58,20 +46,7 @@ class ProgramReference:
         self.sets = input_sets(ep, seeds)
         module = copy.deepcopy(ep.module())  # copies: buffer updates never reach the caller
         self.outputs = [run(module, s) for s in self.sets]
-        self.floors = self._floors(module)
-
-    def _floors(self, module: torch.nn.Module) -> list[Floor]:
-        floors = [Floor() for _ in self.outputs[0]]
-        for k in range(2):
-            jittered = _jittered(module, seed=100 + k)
-            for i, inputs in enumerate(self.sets):
-                try:
-                    outs = run(jittered, _nudged(inputs, seed=10 * i + k))
-                except Exception:  # the program rejects moved inputs: input-free floor
-                    outs = run(jittered, inputs)
-                for j, (ref, got) in enumerate(zip(self.outputs[i], outs, strict=True)):
-                    floors[j] = floors[j].merge(floor_contribution(ref, got))
-        return floors
+        self.floors = noise_floors(module, self.sets, self.outputs)
 
     def compare(self, candidate: ExportedProgram, label: str = "folded") -> ProgramVerifyResult:
         module = copy.deepcopy(candidate.module())
@@ -96,19 +71,6 @@ class ProgramReference:
             inputs=_describe_inputs(self.sets[0]),
             outputs=comparisons,
         )
-
-
-def run(module: torch.nn.Module, inputs: Inputs) -> list[np.ndarray]:
-    """Every tensor output as a numpy array (bfloat16 read as float32)."""
-    args, kwargs = inputs
-    with torch.no_grad():
-        result = module(*args, **kwargs)
-    out = []
-    for leaf in tree_leaves(result):
-        if isinstance(leaf, torch.Tensor):
-            t = leaf.detach().cpu()
-            out.append((t.float() if t.dtype == torch.bfloat16 else t).numpy())
-    return out
 
 
 def input_sets(ep: ExportedProgram, seeds: int) -> list[Inputs]:
@@ -180,34 +142,6 @@ def _random_like(inputs: Inputs, seed: int) -> Inputs:
     ]
     args, kwargs = tree_unflatten(new, spec)
     return tuple(args), dict(kwargs)
-
-
-def _nudged(inputs: Inputs, seed: int) -> Inputs:
-    """Float inputs times 1 ± k·eps, k in 1…INPUT_ULPS."""
-    gen = torch.Generator().manual_seed(seed)
-    leaves, spec = tree_flatten(inputs)
-    new = []
-    for x in leaves:
-        if isinstance(x, torch.Tensor) and x.dtype.is_floating_point:
-            eps = torch.finfo(x.dtype).eps
-            k = torch.randint(-INPUT_ULPS, INPUT_ULPS + 1, x.shape, generator=gen)
-            x = (x.double() * (1 + k.double() * eps)).to(x.dtype)
-        new.append(x)
-    args, kwargs = tree_unflatten(new, spec)
-    return tuple(args), dict(kwargs)
-
-
-def _jittered(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy whose float parameters and buffers move by one eps (relative)."""
-    copied = copy.deepcopy(module)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in [*copied.parameters(), *copied.buffers()]:
-            if t.dtype.is_floating_point and t.numel():
-                sign = torch.randint(0, 2, t.shape, generator=gen).to(torch.float64) * 2 - 1
-                moved = t.double() * (1 + sign * torch.finfo(t.dtype).eps)
-                t.copy_(moved.to(t.dtype))
-    return copied
 
 
 def _has_dynamic_dims(ep: ExportedProgram) -> bool:
