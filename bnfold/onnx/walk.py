@@ -16,12 +16,42 @@ DEFAULT_OPSET = 21  # the newest opset whose BatchNormalization/Dropout semantic
 def walk_graphs(model: ir.Model) -> Iterator[tuple[ir.Graph | ir.Function, str]]:
     """Every graph with nodes and its scope: main graph, subgraphs, functions (and theirs)."""
     yield model.graph, ""
-    for sub in model.graph.subgraphs():
+    for sub in subgraphs(model.graph):
         yield sub, f"subgraph:{sub.name or '?'}"
     for func in model.functions.values():
         yield func, f"function:{func.domain}::{func.name}"
-        for sub in func.subgraphs():
+        for sub in subgraphs(func):
             yield sub, f"function:{func.domain}::{func.name}/subgraph:{sub.name or '?'}"
+
+
+def subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
+    """Every subgraph under ``graph``, depth first, in ``ir.Graph.subgraphs()``'s order.
+
+    A plain loop over node attributes: onnx-ir's own walk goes through its generic
+    recursive iterator, which cost more than a whole fold pass on graphs of ~1000 nodes.
+    """
+    found: dict[ir.Graph, None] = {}
+    _collect_subgraphs(graph, found)
+    return list(found)
+
+
+def _collect_subgraphs(graph: ir.Graph | ir.Function, found: dict[ir.Graph, None]) -> None:
+    for node in graph:
+        attributes = node.attributes
+        if not attributes:
+            continue
+        for attr in attributes.values():
+            if not isinstance(attr, ir.Attr):
+                continue
+            if attr.type == ir.AttributeType.GRAPH:
+                inner = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                inner = list(attr.value)
+            else:
+                continue
+            for sub in inner:
+                found.setdefault(sub, None)
+                _collect_subgraphs(sub, found)
 
 
 def all_nodes(model: ir.Model) -> list[ir.Node]:
