@@ -37,7 +37,7 @@ def subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
 
 def _collect_subgraphs(graph: ir.Graph | ir.Function, found: dict[ir.Graph, None]) -> None:
     for node in graph:
-        attributes = node.attributes
+        attributes = node.attributes.data  # the plain dict: Mapping views iterate slowly
         if not attributes:
             continue
         for attr in attributes.values():

@@ -21,7 +21,6 @@ from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.plan.conv import identity_tap
 from bnfold.onnx.sums import sum_leaves
 from bnfold.onnx.uses import is_exclusive, replace_output
-from bnfold.onnx.walk import all_nodes
 from bnfold.patterns import add_identity
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class AbsorbIdentityTermPass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
                 continue
             if self.ctx.kept(node):

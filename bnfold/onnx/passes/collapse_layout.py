@@ -17,7 +17,6 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
-from bnfold.onnx.walk import all_nodes
 
 
 class CollapseLayoutChainsPass(BnfoldPass):
@@ -25,7 +24,7 @@ class CollapseLayoutChainsPass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not node.inputs or node.inputs[0] is None:
                 continue
             inner = node.inputs[0].producer()

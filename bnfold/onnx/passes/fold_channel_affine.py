@@ -24,7 +24,6 @@ from bnfold.onnx.plan.layers import (
 from bnfold.onnx.plan.plan import Plan
 from bnfold.onnx.plan.weights import matmul_bias_add
 from bnfold.onnx.uses import is_exclusive, replace_output
-from bnfold.onnx.walk import all_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class FoldChannelAffinePass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, AFFINE_OPS) or len(node.inputs) != 2:
                 continue
             found = self.check(node)

@@ -39,7 +39,7 @@ from bnfold.onnx.constants import (
 )
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
-from bnfold.onnx.walk import DEFAULT_OPSET, all_nodes
+from bnfold.onnx.walk import DEFAULT_OPSET
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class FoldConstantsPass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not self.foldable(node):
                 continue
             arrays = self.evaluate(node)
@@ -83,17 +83,15 @@ class FoldConstantsPass(BnfoldPass):
         return modified
 
     def foldable(self, node: ir.Node) -> bool:
+        if not node.outputs or not all(self.input_known(node, i) for i in range(len(node.inputs))):
+            return False  # the common case, decided first: it runs on every node each round
         if is_quantize_op(node):
             return False  # never dequantize (or requantize) a quantized model's tensors
         if node.domain not in ("", "ai.onnx") or node.op_type in _NON_DETERMINISTIC:
             return False
         if any(out.is_graph_output() for out in node.outputs):
             return False
-        if any(attr.type in _GRAPH_ATTRS for attr in node.attributes.values()):
-            return False
-        return bool(node.outputs) and all(
-            self.input_known(node, i) for i in range(len(node.inputs))
-        )
+        return not any(attr.type in _GRAPH_ATTRS for attr in node.attributes.values())
 
     def input_known(self, node: ir.Node, index: int) -> bool:
         value = node.inputs[index]

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import replace_output
-from bnfold.onnx.walk import all_nodes, node_opset
+from bnfold.onnx.walk import node_opset
 
 
 class SequenceSplitToSplitPass(BnfoldPass):
@@ -21,7 +21,7 @@ class SequenceSplitToSplitPass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, "SplitToSequence"):
                 continue
             plan = self.check(node)

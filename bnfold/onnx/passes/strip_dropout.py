@@ -8,7 +8,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import constant_array, is_onnx_op
 from bnfold.onnx.passes.base import BnfoldPass
 from bnfold.onnx.uses import is_graph_boundary, replace_output
-from bnfold.onnx.walk import all_nodes, node_opset
+from bnfold.onnx.walk import node_opset
 
 
 class StripDropoutPass(BnfoldPass):
@@ -16,7 +16,7 @@ class StripDropoutPass(BnfoldPass):
 
     def run(self, model: ir.Model) -> bool:
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, "Dropout") or self.ctx.kept(node):
                 continue
             reason = self.check(node)

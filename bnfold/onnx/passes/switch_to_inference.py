@@ -11,7 +11,7 @@ import onnx_ir as ir
 from bnfold.onnx.constants import is_onnx_op
 from bnfold.onnx.eval_mode import bn_in_training, set_bn_inference
 from bnfold.onnx.passes.base import BnfoldPass
-from bnfold.onnx.walk import all_nodes, model_opset
+from bnfold.onnx.walk import model_opset
 
 NOTE = "switched to running statistics (--assume-eval)"
 
@@ -24,7 +24,7 @@ class SwitchToInferencePass(BnfoldPass):
             return False
         opset = model_opset(model)
         modified = False
-        for node in all_nodes(model):
+        for node in self.ctx.all_nodes():
             if node.graph is None or not is_onnx_op(node, "BatchNormalization"):
                 continue
             if not bn_in_training(node, opset):
