@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 _QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
 QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+_FINITE = "bnfold.finite"  # tensor meta: scanned, no NaN/Inf
 
 
 def is_onnx_op(node: ir.Node, op_type: str | tuple[str, ...]) -> bool:
@@ -53,6 +54,22 @@ def constant_array(
     producer = value.producer()
     assert producer is not None  # is_constant: a Constant node
     return _constant_node_array(producer)
+
+
+def mark_finite(value: ir.Value | None) -> None:
+    """Record that ``value``'s own tensor holds no NaN/Inf (scanned at load time).
+
+    The mark lives on the tensor object, which folds never write into (they make new
+    tensors), so it cannot go stale; a value given a new tensor loses it.
+    """
+    if value is not None and value.const_value is not None:
+        value.const_value.meta[_FINITE] = True
+
+
+def known_finite(value: ir.Value | None) -> bool:
+    """True when ``value``'s tensor was already scanned and holds no NaN/Inf."""
+    tensor = value.const_value if value is not None else None
+    return tensor is not None and bool(tensor.meta.get(_FINITE))
 
 
 def is_constant(value: ir.Value | None, *, allow_graph_inputs: bool = False) -> bool:

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from bnfold import foldmath
 from bnfold.errors import ModelLoadError
-from bnfold.onnx.constants import constant_array, is_onnx_op
+from bnfold.onnx.constants import constant_array, is_onnx_op, mark_finite
 from bnfold.onnx.walk import all_nodes
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,8 @@ def check_weights(node: ir.Node, label: str) -> None:
                 f"{label}: {node.op_type} '{_name(node)}' input '{value.name}' has {count} "
                 "NaN/Inf value(s); the model's output would be NaN"
             )
+        if value is not None and value.const_value is not None:
+            mark_finite(value)  # the folds need not scan it again
 
 
 def _check_finite_params(arrays: dict[str, np.ndarray], where: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold import foldmath
-from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
+from bnfold.onnx.constants import constant_array, is_onnx_op, known_finite, why_not_constant
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.uses import content_uses
 
@@ -23,7 +23,7 @@ def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> n
         return why_not_constant(value, f"{layer.op_type} {what}", allow_graph_inputs=allow)
     if not is_float(arr):
         return f"{layer.op_type} {what} has non-float dtype {arr.dtype}"
-    if not foldmath.all_finite(arr):
+    if not known_finite(value) and not foldmath.all_finite(arr):
         return f"{layer.op_type} {what} contains NaN or Inf"
     return arr
 
