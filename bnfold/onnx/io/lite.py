@@ -72,6 +72,11 @@ def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """
     lite = lite_copy(proto)
     onnx.checker.check_model(lite, full_check=False)
+    known = {v.name for v in proto.graph.value_info}
+    known.update(i.name for i in proto.graph.input)
+    known.update(o.name for o in proto.graph.output)
+    if all(name in known for node in proto.graph.node for name in node.output if name):
+        return []  # every value already typed (dynamo exports): nothing inference could add
     try:
         inferred = onnx.shape_inference.infer_shapes(
             lite, check_type=False, strict_mode=False, data_prop=True
@@ -90,7 +95,4 @@ def check_and_infer(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
         found = [v if v.name in shaped else better.get(v.name, v) for v in found]
         names = {v.name for v in found}
         found += [v for name, v in better.items() if name not in names]
-    known = {v.name for v in proto.graph.value_info}
-    known.update(i.name for i in proto.graph.input)
-    known.update(o.name for o in proto.graph.output)
     return [v for v in found if v.name not in known]

@@ -14,6 +14,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from bnfold.onnx.io import mapped
+
 logger = logging.getLogger(__name__)
 
 _OS_REASONS = {
@@ -59,7 +61,8 @@ def referenced_data_files(model_file: Path) -> set[Path]:
     if model_file.stat().st_size > _SMALL_MODEL_FILE:
         return set()  # weights are inline: parsing it would cost a full load for nothing
     try:
-        proto = onnx.load(str(model_file), load_external_data=False)
+        read = mapped.read_mapped(model_file)  # large inline weights are skipped, not copied
+        proto = read.proto if read else onnx.load(str(model_file), load_external_data=False)
     except Exception:  # not a model (or garbage): it owns nothing
         return set()
     found: set[Path] = set()
