@@ -47,16 +47,42 @@ def read_batchnorm(ctx: FoldContext, node: ir.Node) -> FrozenBatchNorm | str:
     if len(node.inputs) < 5 or node.inputs[0] is None:
         return "BN is missing inputs"
     allow = ctx.options.allow_graph_input_params
+    params = tuple(node.inputs[index] for index, _ in _PARAMS)
+    eps = node.attributes.get_float("epsilon", 1e-5)
+    tensors = tuple(v.const_value if v is not None else None for v in params)
+    cacheable = all(t is not None for t in tensors)
+    key = (eps, allow, node, *tensors)  # by identity from the node on: tensors never change
+    cached = ctx.bn_cache.get(id(node)) if cacheable else None
+    if cached is not None and _same(cached[0], key):
+        got = cached[1]
+    else:
+        got = _scale_shift(node, params, eps, allow)
+        if cacheable:
+            ctx.bn_cache[id(node)] = (key, got)
+    if isinstance(got, str):
+        return got
+    return FrozenBatchNorm(node, got.scale.copy(), got.shift.copy())  # callers own theirs
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Same ε and option, then the very same node and parameter tensors."""
+    if len(a) != len(b) or a[:2] != b[:2]:
+        return False
+    return all(x is y for x, y in zip(a[2:], b[2:], strict=True))
+
+
+def _scale_shift(
+    node: ir.Node, params: tuple[ir.Value | None, ...], eps: float, allow: bool
+) -> FrozenBatchNorm | str:
+    """(s, t) of a BN from its parameter values, or why they cannot fold."""
     arrays: dict[str, np.ndarray] = {}
-    for index, what in _PARAMS:
-        value = node.inputs[index]
+    for (_, what), value in zip(_PARAMS, params, strict=True):
         arr = constant_array(value, allow_graph_inputs=allow)
         if arr is None:
             arr = dequantized(value)  # quantizers also quantize BN's γ and β
         if arr is None:
             return why_not_constant(value, f"BN {what}", allow_graph_inputs=allow)
         arrays[what] = np.asarray(arr).astype(np.float64)
-    eps = node.attributes.get_float("epsilon", 1e-5)
     reason = foldmath.check_bn_params(
         arrays["scale"], arrays["bias"], arrays["mean"], arrays["var"], eps
     )

@@ -56,6 +56,8 @@ class FoldContext:
         self._suffix: dict[str, int] = {}  # next suffix per base: keeps unique_name O(1)
         self._function_graphs: set[int] = set()
         self._graphs: list[tuple[ir.Graph | ir.Function, str]] | None = None
+        # BN node id → (node, eps, option, parameter tensors), what they read as (batchnorm.py)
+        self.bn_cache: dict[int, tuple[tuple[object, ...], object]] = {}
         self._scan()
         self._mark_kept()
         if model.ir_version < 4 and not self.options.allow_graph_input_params:
