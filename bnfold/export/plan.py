@@ -95,13 +95,14 @@ def plan_bn(program: Program, bn: BnNode, assume_eval: bool) -> FoldPlan | str:
 
     main, _ = bn.output_users()
     bn_out = main[0] if bn.op.tuple_output and len(main) == 1 else bn.node
-    consumer = plan_consumer(program, bn_out, scale, shift) if len(main) == 1 else "-"
+    single = len(main) == 1 or not bn.op.tuple_output  # one getitem of the output, or none
+    consumer = plan_consumer(program, bn_out, scale, shift) if single else "-"
     if not isinstance(consumer, str):
         kinds = "/".join(sorted({f.kind for f in consumer}))
         return FoldPlan(bn.node.name, bn.kind, f"BN→{kinds} (consumer)", consumer)
     from bnfold.export.plan_identity import plan_identity
 
-    identity = plan_identity(program, bn_out, bn.source, scale, shift) if len(main) == 1 else "-"
+    identity = plan_identity(program, bn_out, bn.source, scale, shift) if single else "-"
     if isinstance(identity, str):
         return producer
     fold, add, rest = identity
@@ -137,6 +138,7 @@ def _plan_producer(
 
 
 COPIES = {aten.clone.default, aten.alias.default}
+MATRIX_KINDS = ("Addmm", "Mm", "Bmm")  # weight as mat2: (in, out), or (out, in) transposed
 SHAPE_READERS = {aten.reshape_as.default, aten.view_as.default, aten.expand_as.default}
 SIZE_READERS = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default}
 
@@ -256,7 +258,7 @@ def fold_layer(
     why = _shape_reason(layer, w, scale.shape[0])
     if why:
         return why
-    axis = 1 if layer.kind in ("Addmm", "Mm") and not layer.transposed_weight else 0
+    axis = 1 if layer.kind in MATRIX_KINDS and not layer.transposed_weight else 0
     if layer.kind == "Addmm":
         bias = _addmm_bias(bias, layer.beta, scale.shape[0])
         if isinstance(bias, str):
@@ -285,7 +287,7 @@ def _shape_reason(layer: Layer, w: np.ndarray, channels: int) -> str | None:
         return f"the weight of {layer.node.name} is {w.ndim}-D"
     if layer.kind == "ConvTranspose":
         produced = w.shape[1] * layer.groups
-    elif layer.kind in ("Addmm", "Mm") and not layer.transposed_weight:
+    elif layer.kind in MATRIX_KINDS and not layer.transposed_weight:
         produced = w.shape[1]
     else:
         produced = w.shape[0]

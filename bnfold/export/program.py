@@ -150,11 +150,11 @@ class Layer:
     """A layer whose output channels can absorb a BN: where its weight and bias come from."""
 
     node: fx.Node
-    kind: str  # "Conv" | "ConvTranspose" | "Linear" | "Addmm" | "Mm"
+    kind: str  # "Conv" | "ConvTranspose" | "Linear" | "Addmm" | "Mm" | "Bmm"
     weight: fx.Node  # the placeholder holding the weight
     bias: fx.Node | None
     groups: int = 1
-    transposed_weight: bool = False  # Addmm/Mm: the weight reaches mat2 through a transpose
+    transposed_weight: bool = False  # Addmm/Mm/Bmm: the weight reaches mat2 through a transpose
     beta: float = 1.0  # Addmm's bias multiplier
 
 
@@ -181,6 +181,12 @@ def layer_of(node: fx.Node) -> Layer | str:
             return "addmm with alpha ≠ 1"
         beta = float(node.kwargs.get("beta", 1))
         return Layer(node, "Addmm", weight, args[0], transposed_weight=transposed, beta=beta)
+    if target == aten.bmm.default:  # a decomposed 3-D linear: bmm(x, view(expand(Wᵀ)))
+        matrix = _batch_broadcast_source(args[1])
+        if matrix is None:
+            return "bmm of two computed tensors"
+        weight, transposed = _through_transpose(matrix)
+        return Layer(node, "Bmm", weight, None, transposed_weight=transposed)
     return f"the BN input comes from {_op_name(node)}, not a convolution or linear layer"
 
 
@@ -200,6 +206,27 @@ def _through_transpose(node: Any) -> tuple[Any, bool]:
             return node, False
         return node.args[0], True
     return node, False
+
+
+BMM_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def _batch_broadcast_source(node: Any) -> fx.Node | None:
+    """M when ``node`` is ``view(expand(M, [*b, K, N]), [b', K, N])`` of a 2-D M: the same
+    matrix for every batch (how ``run_decompositions`` spells a linear over a 3-D input)."""
+    if not isinstance(node, fx.Node) or node.target not in BMM_VIEWS:
+        return None
+    expand = node.args[0]
+    if not isinstance(expand, fx.Node) or expand.target != aten.expand.default:
+        return None
+    matrix = expand.args[0]
+    shapes = [getattr(n, "meta", {}).get("val") for n in (node, expand, matrix)]
+    if not all(isinstance(v, torch.Tensor) for v in shapes):
+        return None
+    viewed, expanded, source = (tuple(v.shape) for v in shapes)  # type: ignore[union-attr]
+    if len(source) != 2 or expanded[-2:] != source or viewed[-2:] != source:
+        return None
+    return matrix  # type: ignore[return-value]
 
 
 def _op_name(node: fx.Node) -> str:

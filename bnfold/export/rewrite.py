@@ -126,6 +126,14 @@ class _Rewriter:
             return
         mat2 = args[2] if fold.kind == "Addmm" else args[1]
         new_mat2 = self._replace_weight_source(mat2, w_ph)
+        if fold.kind == "Bmm":
+            self.candidates.append(mat2)
+            node.args = (args[0], new_mat2)
+            with self.graph.inserting_after(node):
+                biased = self.graph.call_function(aten.add.Tensor, (node, b_ph))
+            biased.meta = copy.copy(node.meta)
+            node.replace_all_uses_with(biased, delete_user_cb=lambda user: user is not biased)
+            return
         if fold.kind == "Addmm":
             self.candidates += [a for a in (args[0], mat2) if isinstance(a, fx.Node)]
             node.args = (b_ph, args[1], new_mat2)
@@ -140,11 +148,13 @@ class _Rewriter:
         self.nodes[fold.layer] = addmm
 
     def _replace_weight_source(self, mat2: fx.Node, w_ph: fx.Node) -> fx.Node:
-        """mat2 itself, or a new transpose of the new weight like the old one."""
+        """The new weight, through new copies of the ops (transpose, expand, view) that led
+        from the old weight to mat2."""
         if mat2.op == "placeholder" or mat2.op == "get_attr":
             return w_ph
+        source = self._replace_weight_source(mat2.args[0], w_ph)  # type: ignore[arg-type]
         with self.graph.inserting_before(mat2):
-            new = self.graph.call_function(mat2.target, (w_ph, *mat2.args[1:]), dict(mat2.kwargs))
+            new = self.graph.call_function(mat2.target, (source, *mat2.args[1:]), dict(mat2.kwargs))
         new.meta = copy.copy(mat2.meta)
         return new
 

@@ -85,14 +85,35 @@ class ConcatBN(nn.Module):
 class TokenLinearBN(nn.Module):
     """LeViT's LinearNorm: Linear on (N, L, C) tokens, BN1d over the flattened tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, bias: bool = True, transposed: bool = False) -> None:
         super().__init__()
-        self.fc = nn.Linear(8, 6)
+        self.fc = nn.Linear(8, 6, bias=bias)
         self.bn = nn.BatchNorm1d(6)
+        self.transposed = transposed  # tokens arrive as (N, C, L), as in LeViT's attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fc(x)
+        y = self.fc(x.transpose(1, 2) if self.transposed else x)
         return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+
+class PooledKeysBN(nn.Module):
+    """NextViT's E_MHSA: BN'd tokens feed q (through a transpose) and an AvgPool1d → BN1d →
+    transpose → k and v; neither BN has a layer before it, so both fold into their readers."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels)
+        self.q = nn.Linear(channels, channels)
+        self.k = nn.Linear(channels, channels)
+        self.v = nn.Linear(channels, channels)
+        self.sr = nn.AvgPool1d(2, 2)
+        self.sr_norm = nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(x)
+        q = self.q(t.transpose(1, 2))
+        kv = self.sr_norm(self.sr(t)).transpose(1, 2)
+        return q.sum(1) + self.k(kv).sum(1) * self.v(kv).mean(1)
 
 
 class TokenLinearWrongAxis(nn.Module):

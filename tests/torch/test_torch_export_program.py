@@ -16,6 +16,7 @@ from support.export_models import (  # noqa: E402
     HeadBN,
     LinearBN,
     MobileOneBlock,
+    PooledKeysBN,
     SharedConv,
     SumBN,
     TimmZeroSum,
@@ -239,6 +240,50 @@ def test_linear_on_tokens_folds_through_flatten(decompose: bool) -> None:
     _ep, result = folded(model, torch.randn(2, 5, 8), decompose=decompose)
     assert result.report.counts()["batchnorm"]["folded"] == 1
     assert_close(result.program, model, torch.randn(2, 5, 8))
+
+
+def test_regression_decomposed_biasless_token_linear_became_bmm_and_kept_its_bn() -> None:
+    """run_decompositions spells a bias-less Linear on (N, L, C) as bmm(x, view(expand(Wᵀ))):
+    LeViT's attention kept 5 of 52 BN."""
+    model = TokenLinearBN(bias=False, transposed=True)
+    ep, result = folded(model, torch.randn(2, 8, 5), decompose=True)
+    assert any(n.target == torch.ops.aten.bmm.default for n in ep.graph_module.graph.nodes)
+    assert result.report.counts()["batchnorm"]["folded"] == 1
+    assert result.verification
+    assert_close(result.program, model, torch.randn(2, 8, 5))
+
+
+@DECOMPOSE
+def test_regression_bn_read_through_transposes_by_several_linears_was_left(
+    decompose: bool,
+) -> None:
+    """NextViT: BN → transpose → q, and BN → AvgPool1d → BN → transpose → k, v (7 of 61 BN
+    were left: the consumer walk followed one chain of single readers, without transposes)."""
+    model = PooledKeysBN()
+    x = torch.randn(2, 8, 6)
+    _ep, result = folded(model, x, decompose=decompose)
+    assert result.report.counts()["batchnorm"]["folded"] == 2
+    assert bn_calls(result.program) == []
+    assert result.verification
+    assert_close(result.program, model, torch.randn(2, 8, 6))
+
+
+class _BNThenLinearOnLength(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(x))  # (N, C, L): the linear mixes L, not the BN's channels
+
+
+@DECOMPOSE
+def test_bn_read_by_a_linear_over_another_axis_is_left(decompose: bool) -> None:
+    model = _BNThenLinearOnLength()
+    _ep, result = folded(model, torch.randn(2, 4, 6), decompose=decompose)
+    (entry,) = result.report.batchnorms
+    assert entry.status == "left"
 
 
 @DECOMPOSE
