@@ -37,6 +37,8 @@ class FoldReport:
 
     entries: list[ReportEntry] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # --requantize: (DequantizeLinear output, QuantizeLinear input) of each dropped inner pair
+    dropped_roundings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def add(self, entry: ReportEntry) -> None:
         self.entries.append(entry)

@@ -186,6 +186,20 @@ def test_requantize_folds_onnxruntime_qdq_pattern_within_3_steps(
     assert _steps(src, result.model) <= 3
 
 
+def test_regression_cli_requantize_and_quantize_bias_flags_did_nothing(
+    quantized: dict[str, Path], tmp_path: Path
+) -> None:
+    """The fold command parsed --requantize/--quantize-bias but never passed them on."""
+    out = tmp_path / "rq_bias.onnx"
+    args = [str(quantized["per_channel"]), "-o", str(out), "--requantize", "--quantize-bias"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    model = onnx.load(out)
+    assert Counter(n.op_type for n in model.graph.node)["BatchNormalization"] == 0
+    int32 = [t for t in model.graph.initializer if t.data_type == T.INT32]
+    assert len(int32) >= 2  # the folded biases, re-quantized
+
+
 def test_quantize_bias_requantizes_to_int32_and_says_so(quantized: dict[str, Path]) -> None:
     result = bnfold.fold(quantized["per_channel"], requantize=True, quantize_bias=True)
     assert result.report.counts()["batchnorm"]["folded"] == 2
@@ -209,6 +223,8 @@ def test_requantize_cli_verifies_in_output_steps(
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert out.exists()
+    assert Counter(n.op_type for n in onnx.load(out).graph.node)["BatchNormalization"] == 0
+    assert "output steps from the quantized original" in result.output
     plain = CliRunner().invoke(cli, ["check", str(quantized["per_channel"]), "--json"])
     assert "--requantize" in plain.output
     line = CliRunner().invoke(cli, ["check", str(quantized["per_channel"])]).output.strip()

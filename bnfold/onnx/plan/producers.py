@@ -274,10 +274,12 @@ def _through_requantize(
         return f"through {name}: {plan}"
 
     def apply() -> None:
+        before = str(source.name)  # the layer's output as the original names it
         plan.apply()
         carrying = q.inputs[0]  # the layer's output, now carrying the map
         assert carrying is not None
         user, index = content_uses(value)[0]
         user.replace_input_with(index, carrying)  # the inner Q/DQ pair is left unused
+        ctx.report.dropped_roundings.append((str(value.name), before))
 
     return Plan(apply, plan.into, [*plan.path, "QuantizeLinear", "DequantizeLinear"])
