@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from bnfold.equivalence.source import ModelSource, open_proto
+from bnfold.equivalence.skeleton import Skeleton, copy_structure
+from bnfold.equivalence.source import ModelSource, open_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,34 @@ _FLOAT_TYPES = frozenset(
 def open_jittered(
     source: ModelSource, rng: np.random.Generator, ulps: int
 ) -> Iterator[ModelSource]:
-    """Yield a ModelSource of the jittered copy (a temporary file when it is over 2 GB)."""
-    proto = jittered_copy(source.full_proto(), rng, ulps)
-    with open_proto(proto, f"{source.label} (weights jittered)") as jittered:
+    """Yield a ModelSource of the jittered copy: only the moved tensors are new.
+
+    The structure is copied (small) and the large initializers reach onnxruntime as
+    arrays (:mod:`bnfold.equivalence.skeleton`): nothing of the size of the whole model
+    is copied, serialised or parsed again.
+    """
+    moved = jittered_skeleton(source.skeleton(), rng, ulps)
+    with open_skeleton(moved, f"{source.label} (weights jittered)") as jittered:
         yield jittered
+
+
+def jittered_skeleton(skeleton: Skeleton, rng: np.random.Generator, ulps: int) -> Skeleton:
+    """Like :func:`jittered_copy` on a split model; the same ``rng`` moves the same values."""
+    proto = copy_structure(skeleton.proto)
+    graph = proto.graph
+    eligible = _eligible_names(graph)
+    arrays = dict(skeleton.arrays)
+    moved = 0
+    for tensor in graph.initializer:
+        if tensor.name in eligible and tensor.data_type in _FLOAT_TYPES:
+            if tensor.name in arrays:
+                arrays[tensor.name] = _jitter_array(arrays[tensor.name], rng, ulps)
+            else:
+                tensor.CopyFrom(_jitter(tensor, rng, ulps))
+            moved += 1
+    moved += _jitter_constants(graph, eligible, rng, ulps)
+    logger.debug("jittered %d constant tensor(s)", moved)
+    return Skeleton(proto, arrays)
 
 
 def jittered_copy(model: onnx.ModelProto, rng: np.random.Generator, ulps: int) -> onnx.ModelProto:
@@ -69,14 +94,23 @@ def jittered_copy(model: onnx.ModelProto, rng: np.random.Generator, ulps: int) -
         if tensor.name in eligible and tensor.data_type in _FLOAT_TYPES:
             tensor.CopyFrom(_jitter(tensor, rng, ulps))
             moved += 1
+    moved += _jitter_constants(graph, eligible, rng, ulps)
+    logger.debug("jittered %d constant tensor(s)", moved)
+    return out
+
+
+def _jitter_constants(
+    graph: onnx.GraphProto, eligible: set[str], rng: np.random.Generator, ulps: int
+) -> int:
+    """Move the eligible float ``Constant`` nodes' values in place; return how many."""
+    moved = 0
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] in eligible:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type in _FLOAT_TYPES:
                     attr.t.CopyFrom(_jitter(attr.t, rng, ulps))
                     moved += 1
-    logger.debug("jittered %d constant tensor(s)", moved)
-    return out
+    return moved
 
 
 def _eligible_names(graph: onnx.GraphProto) -> set[str]:
@@ -173,8 +207,12 @@ def _names_read(graph: onnx.GraphProto) -> set[str]:
 
 
 def _jitter(tensor: onnx.TensorProto, rng: np.random.Generator, ulps: int) -> onnx.TensorProto:
-    array = numpy_helper.to_array(tensor)
+    moved = _jitter_array(numpy_helper.to_array(tensor), rng, ulps)
+    return numpy_helper.from_array(moved, tensor.name)
+
+
+def _jitter_array(array: np.ndarray, rng: np.random.Generator, ulps: int) -> np.ndarray:
+    """``array`` times ``1 ± k·eps`` per element, k in 1…ulps (a new array)."""
     eps = np.finfo(array.dtype).eps
     steps = rng.integers(1, ulps + 1, array.shape) * rng.choice((-1, 1), array.shape)
-    moved = (array.astype(np.float64) * (1.0 + steps * eps)).astype(array.dtype)
-    return numpy_helper.from_array(moved, tensor.name)
+    return (array.astype(np.float64) * (1.0 + steps * eps)).astype(array.dtype)

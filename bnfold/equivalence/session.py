@@ -33,14 +33,22 @@ def provider_list(provider: str) -> list[Any]:
 
 
 class ModelRunner:
-    """One onnxruntime session with ORT_DISABLE_ALL, plus the model's input/output specs."""
+    """One onnxruntime session with ORT_DISABLE_ALL, plus the model's input/output specs.
 
-    def __init__(self, source: ModelSource, provider: str) -> None:
+    ``threads``: onnxruntime intra-op threads (None: its default, every core). Safe to
+    run from several threads at once.
+    """
+
+    def __init__(self, source: ModelSource, provider: str, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = quiet_session_options()
         # ORT's own Conv+BN fusion (ENABLE_BASIC and up) would hide folding bugs.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        # onnxruntime reads these arrays in place: they must outlive the session.
+        self._arrays = _add_initializers(options, source)
         providers = provider_list(provider)
         try:
             self.session = ort.InferenceSession(source.payload, options, providers=providers)
@@ -66,6 +74,19 @@ class ModelRunner:
                 f"onnxruntime failed to run {self.label}: {_brief(err)}"
             ) from err
         return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def _add_initializers(options: Any, source: ModelSource) -> list[Any]:
+    """Hand a skeleton's large initializers to onnxruntime (kept alive by the caller)."""
+    import onnxruntime as ort
+
+    arrays = source.initializers or {}
+    if not arrays:
+        return []
+    names = list(arrays)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n])) for n in names]
+    options.add_external_initializers(names, values)
+    return values
 
 
 def _brief(err: BaseException) -> str:

@@ -7,12 +7,14 @@ import dataclasses
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
+from bnfold.equivalence.skeleton import Skeleton, split
 from bnfold.errors import ModelLoadError, VerificationError
 
 logger = logging.getLogger(__name__)
@@ -24,11 +26,16 @@ IN_MEMORY_LIMIT = 2**30  # beyond this, no whole-model copies (probes, weight ji
 
 @dataclasses.dataclass
 class ModelSource:
-    """A model ready for onnxruntime: a file path (external data works) or serialized bytes."""
+    """A model ready for onnxruntime: a file path (external data works) or serialized bytes.
+
+    With ``initializers``, the payload is a skeleton's structure and those arrays are its
+    large initializers (see :mod:`bnfold.equivalence.skeleton`).
+    """
 
     label: str
     payload: str | bytes
     _proto: onnx.ModelProto | None = None
+    initializers: Mapping[str, np.ndarray] | None = None
 
     def graph_proto(self) -> onnx.ModelProto:
         """The model's structure without external weights (for light inspection)."""
@@ -45,7 +52,8 @@ class ModelSource:
     def approx_bytes(self) -> int:
         """Model size including external data files (what an in-memory copy would cost)."""
         if isinstance(self.payload, bytes):
-            return len(self.payload)
+            arrays = self.initializers or {}
+            return len(self.payload) + sum(a.nbytes for a in arrays.values())
         path = Path(self.payload)
         total = path.stat().st_size
         seen: set[str] = set()
@@ -59,8 +67,20 @@ class ModelSource:
                     total += (path.parent / location).stat().st_size
         return total
 
+    def skeleton(self) -> Skeleton:
+        """The model split into structure and large initializers (no whole-model copy)."""
+        if self.initializers is not None:
+            return Skeleton(self.graph_proto(), self.initializers)
+        base = "" if isinstance(self.payload, bytes) else os.path.dirname(self.payload)
+        try:
+            return split(self.graph_proto(), base)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot read {self.label}: {_first_line(err)}") from err
+
     def full_proto(self) -> onnx.ModelProto:
         """The whole model, weights included (external data is read from disk)."""
+        if self.initializers is not None:
+            return join(self.skeleton())
         if isinstance(self.payload, bytes):
             return self.graph_proto()
         try:
@@ -104,6 +124,26 @@ def open_proto(proto: onnx.ModelProto, label: str) -> Iterator[ModelSource]:
         path = os.path.join(tmp, "model.onnx")
         onnx.save_model(proto, path, save_as_external_data=True, location="model.onnx.data")
         yield ModelSource(label, path)
+
+
+@contextlib.contextmanager
+def open_skeleton(skeleton: Skeleton, label: str) -> Iterator[ModelSource]:
+    """A ModelSource whose large initializers reach onnxruntime as arrays, not bytes."""
+    proto = skeleton.proto
+    yield ModelSource(label, _serialize(proto, label), proto, dict(skeleton.arrays))
+
+
+def join(skeleton: Skeleton) -> onnx.ModelProto:
+    """The whole model again: the skeleton's arrays put back inline."""
+    from onnx import numpy_helper
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(skeleton.proto)
+    for tensor in proto.graph.initializer:
+        array = skeleton.arrays.get(tensor.name)
+        if array is not None:
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    return proto
 
 
 def _serialize(proto: onnx.ModelProto, role: str) -> bytes:
