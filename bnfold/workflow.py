@@ -138,7 +138,6 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome, stage: S
         fold_pt2_file(src, options, outcome, stage)
         return
     from bnfold.errors import OutputError
-    from bnfold.onnx.api import fold_onnx
     from bnfold.onnx.io.files import check_output_path, same_file
 
     out = src if options.in_place else (options.output or default_output(src))
@@ -149,6 +148,22 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome, stage: S
         check_creatable_folder(folder)  # fail before work; created only when writing
     else:
         check_output_path(out, folder)  # fail before work
+    # The reference half of verification needs no folded model: it runs beside the fold.
+    with _start_verification(src, options) as pending:
+        _fold_and_save(src, out, folder, options, outcome, stage, pending)
+
+
+def _fold_and_save(
+    src: Path,
+    out: Path,
+    folder: Path,
+    options: FoldFileOptions,
+    outcome: FoldFileOutcome,
+    stage: Stage,
+    pending: Any,
+) -> None:
+    from bnfold.onnx.api import fold_onnx
+
     result = fold_onnx(
         src,
         assume_eval=options.assume_eval,
@@ -169,7 +184,7 @@ def _run(src: Path, options: FoldFileOptions, outcome: FoldFileOutcome, stage: S
         """Verify, then bench while the original is still on disk (--in-place replaces it)."""
         if options.verify:
             stage("verify")
-            _verify(src, tmp_model, result.ir_model, options, outcome)
+            _verify(src, tmp_model, result.ir_model, options, outcome, pending)
         if options.bench:
             stage("bench")
             try:
@@ -217,33 +232,66 @@ def check_creatable_folder(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create the output folder (permission denied)")
 
 
-def _verify(
-    src: Path, tmp_model: Path, model: Any, options: FoldFileOptions, outcome: FoldFileOutcome
-) -> None:
-    """Compare the folded temporary file with the original; raise to cancel the write."""
-    from bnfold.equivalence.api import verify
+def _start_verification(src: Path, options: FoldFileOptions) -> Any:
+    """The reference side of verification, started now in a background thread (a
+    context manager; a null one when there is nothing to start)."""
+    import contextlib
 
-    reference: Any = src
-    if options.assume_eval:  # compare with the original read with inference semantics
-        from bnfold.onnx.eval_mode import inference_reference
+    if not options.verify or options.assume_eval or options.requantize:
+        return contextlib.nullcontext()
+    from bnfold.equivalence.pending import PendingVerification
 
-        reference = inference_reference(src)
-    shapes, inputs = _inputs_for(model, options)
-    steps = None
-    if options.requantize:  # one rounding step fewer: judged in output quantization steps
-        from bnfold.equivalence.quantized_outputs import output_step_tolerances
-
-        steps = output_step_tolerances(src) or None
-    outcome.verification = verify(
-        reference,
-        tmp_model,
+    return PendingVerification(
+        src,
         seeds=options.seeds,
         provider=options.provider,
-        shapes=shapes,
-        inputs=inputs,
-        output_tolerances=steps,
-        probes=not options.requantize,  # inner values move by quantization steps too
+        shapes=options.shapes or None,
+        inputs=list(options.inputs) or None,
+        only_matching_inputs=options.only_matching_inputs,
     )
+
+
+def _verify(
+    src: Path,
+    tmp_model: Path,
+    model: Any,
+    options: FoldFileOptions,
+    outcome: FoldFileOutcome,
+    pending: Any = None,
+) -> None:
+    """Compare the folded temporary file with the original; raise to cancel the write."""
+    if options.requantize:  # one rounding step fewer: exact vs the bypassed pairs, drift bounded
+        from bnfold.equivalence.requantized import verify_requantized
+
+        shapes, inputs = _inputs_for(model, options)
+        outcome.verification = verify_requantized(
+            src,
+            tmp_model,
+            outcome.report.dropped_roundings,
+            seeds=options.seeds,
+            provider=options.provider,
+            shapes=shapes,
+            inputs=inputs,
+        )
+    elif pending is not None:  # the reference side already started (same inputs and runs)
+        outcome.verification = pending.verify(tmp_model)
+    else:
+        from bnfold.equivalence.api import verify
+
+        reference: Any = src
+        if options.assume_eval:  # compare with the original read with inference semantics
+            from bnfold.onnx.eval_mode import inference_reference
+
+            reference = inference_reference(src)
+        shapes, inputs = _inputs_for(model, options)
+        outcome.verification = verify(
+            reference,
+            tmp_model,
+            seeds=options.seeds,
+            provider=options.provider,
+            shapes=shapes,
+            inputs=inputs,
+        )
     if not outcome.verification and not options.force:
         raise NotEquivalentError(
             "folded model is not equivalent to the original; nothing written "

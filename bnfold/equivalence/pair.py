@@ -1,81 +1,81 @@
-"""Open a reference and a candidate for comparison: sessions, probes, the jittered reference.
+"""Attach a candidate to an opened reference: session, shared probes, signature checks.
 
-Probes are never a failure: one whose dtype differs (declared, or in the arrays of a run)
-is dropped from both sessions with a warning.
+The candidate keeps the probes it shares with the reference (same output, same
+squashing op); the reference's other probes are dropped from its runner. Probes are
+never a failure: one whose dtype differs (declared, or in the arrays of a run) is
+dropped from both sessions with a warning.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from bnfold.equivalence import compare as cmp
-from bnfold.equivalence.jitter import open_jittered
-from bnfold.equivalence.probes import Probe, common_probes, probe_labels, with_probes
+from bnfold.equivalence.probes import common_probes, probe_labels
+from bnfold.equivalence.reference import OpenReference, probed_source
 from bnfold.equivalence.session import ModelRunner
 from bnfold.equivalence.signature import check_same_signature
-from bnfold.equivalence.source import (
-    IN_MEMORY_LIMIT,
-    ModelLike,
-    ModelSource,
-    open_model,
-    open_proto,
-)
-from bnfold.errors import ModelLoadError
+from bnfold.equivalence.source import IN_MEMORY_LIMIT, ModelLike, ModelSource, open_model
+
+LARGE_CANDIDATE_WARNING = "candidate over 1 GiB: output probes skipped"
 
 
 @dataclasses.dataclass
 class OpenPair:
     """Both models loaded (probes added), their signatures checked, ready to run."""
 
-    ref_src: ModelSource
-    ref: ModelRunner
+    reference: OpenReference
     cand: ModelRunner
     cand_label: str
     labels: Mapping[str, str]  # probe output name -> "<output> before <Op>"
-    noisy: ModelRunner | None = None  # the reference with jittered weights (noise floor)
-    large: bool = False  # too big for whole-model copies: no probes, no weight jitter
-    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ref_src(self) -> ModelSource:
+        return self.reference.src
+
+    @property
+    def ref(self) -> ModelRunner:
+        return self.reference.runner
+
+    @property
+    def pool(self) -> concurrent.futures.Executor:
+        return self.reference.pool
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.reference.warnings
+
+    @property
+    def noisy(self) -> ModelRunner | None:
+        """The reference with jittered weights (waits for it), or None."""
+        return self.reference.noisy
 
 
 def open_pair(
-    stack: contextlib.ExitStack,
-    reference: ModelLike,
-    candidate: ModelLike,
-    *,
-    provider: str,
-    probes: bool,
-    perturbations: int | None,
+    stack: contextlib.ExitStack, reference: OpenReference, candidate: ModelLike
 ) -> OpenPair:
-    """Open both models in onnxruntime (ORT_DISABLE_ALL); ``stack`` owns what is opened."""
-    warnings: list[str] = []
-    ref_src = stack.enter_context(open_model(reference, "reference"))
+    """Open the candidate in onnxruntime (ORT_DISABLE_ALL) beside ``reference``."""
     cand_src = stack.enter_context(open_model(candidate, "candidate"))
-    large = max(ref_src.approx_bytes(), cand_src.approx_bytes()) > IN_MEMORY_LIMIT
-    if large:
-        warnings.append(
-            "model over 1 GiB: output probes and weight jitter skipped (they need whole-model "
-            "copies); noise floor from input perturbation only"
-        )
-        probes = False
-    pairs = common_probes(ref_src.graph_proto(), cand_src.graph_proto()) if probes else []
-    if pairs:
-        ref_src = stack.enter_context(_probed(ref_src, [p for p, _ in pairs]))
-        cand_src = stack.enter_context(_probed(cand_src, [c for _, c in pairs]))
-    ref = ModelRunner(ref_src, provider)
-    cand = ModelRunner(cand_src, provider)
-    check_same_signature(ref.inputs, cand.inputs, "input")
+    pairs = []
+    if reference.probes:
+        if cand_src.approx_bytes() > IN_MEMORY_LIMIT:
+            reference.warnings.append(LARGE_CANDIDATE_WARNING)
+        else:
+            pairs = common_probes(reference.src.graph_proto(), cand_src.graph_proto())
     labels = probe_labels(pairs)
+    ref = reference.runner
+    ref.outputs = [o for o in ref.outputs if o.name not in reference.probes or o.name in labels]
+    probed = stack.enter_context(probed_source(cand_src, [c for _, c in pairs]))
+    cand = ModelRunner(probed, reference.provider, reference.plan.intra_op)
+    check_same_signature(ref.inputs, cand.inputs, "input")
     real = [[o for o in runner.outputs if o.name not in labels] for runner in (ref, cand)]
     check_same_signature(real[0], real[1], "output")
-    _drop_unmatched_probes(ref, cand, labels, warnings)
-    noisy = None
-    if not large:
-        noisy = _floor_runner(stack, ref_src, provider, perturbations, warnings)
-    return OpenPair(ref_src, ref, cand, cand_src.label, labels, noisy, large, warnings)
+    _drop_unmatched_probes(ref, cand, labels, reference.warnings)
+    return OpenPair(reference, cand, cand_src.label, labels)
 
 
 def _drop_unmatched_probes(
@@ -126,28 +126,3 @@ def _remove_probe(ref: ModelRunner, cand: ModelRunner, name: str) -> None:
 
 def _shape(arr: np.ndarray) -> str:
     return "x".join(map(str, arr.shape)) or "scalar"
-
-
-@contextlib.contextmanager
-def _probed(source: ModelSource, probes: list[Probe]) -> Iterator[ModelSource]:
-    with open_proto(with_probes(source.full_proto(), probes), source.label) as probed:
-        yield probed
-
-
-def _floor_runner(
-    stack: contextlib.ExitStack,
-    ref_src: ModelSource,
-    provider: str,
-    perturbations: int | None,
-    warnings: list[str],
-) -> ModelRunner | None:
-    """The reference with jittered weights, or None (floor from input perturbation only)."""
-    if perturbations == 0:
-        return None
-    rng = np.random.default_rng(0x6B6E)
-    try:
-        jittered = stack.enter_context(open_jittered(ref_src, rng, cmp.WEIGHT_ULPS))
-        return ModelRunner(jittered, provider)
-    except (ModelLoadError, OSError, ValueError, MemoryError) as err:
-        warnings.append(f"weight jitter unavailable ({err}); floor from input perturbation only")
-        return None

@@ -1,9 +1,12 @@
 """The run phase of a comparison: run both models on the same inputs, collect the outputs.
 
-``run_pair`` opens both models, finds input shapes the reference accepts
-(:mod:`bnfold.equivalence.shape_search`), synthesises the missing inputs and returns a
+``run_pair`` opens the reference (:mod:`bnfold.equivalence.reference`: probes, jittered
+copy, input sizes it accepts, synthesised inputs), then the candidate, and returns a
 :class:`PairRun`: per input set the reference, candidate and perturbed-reference outputs.
-Judging them is :mod:`bnfold.equivalence.judge`'s job; nothing here decides pass or fail.
+The reference half can also start before the candidate exists
+(:mod:`bnfold.equivalence.pending`); both halves run their sessions side by side.
+Judging the outputs is :mod:`bnfold.equivalence.judge`'s job; nothing here decides pass
+or fail.
 """
 
 from __future__ import annotations
@@ -15,22 +18,18 @@ from typing import Protocol
 
 import numpy as np
 
-from bnfold.equivalence import compare as cmp
-from bnfold.equivalence import inputs as inp
 from bnfold.equivalence import shape_search
-from bnfold.equivalence.feeder import (
-    Feeder,
-    FirstRun,
-    InputSets,
-    describe_inputs,
-    given_sets,
-    seed_list,
+from bnfold.equivalence.feeder import InputSets, seed_list
+from bnfold.equivalence.pair import mismatched_probes, open_pair
+from bnfold.equivalence.reference import (
+    OpenReference,
+    ReferenceRuns,
+    open_reference,
+    plan_inputs,
+    run_noted,
 )
-from bnfold.equivalence.pair import OpenPair, mismatched_probes, open_pair
-from bnfold.equivalence.session import ModelRunner
 from bnfold.equivalence.signature import TensorSpec, merge_input_specs
 from bnfold.equivalence.source import ModelLike
-from bnfold.errors import VerificationError
 
 
 @dataclasses.dataclass
@@ -90,118 +89,83 @@ def run_pair(
     """
     used = seed_list(seeds)
     with contextlib.ExitStack() as stack:
-        pair = open_pair(
-            stack,
-            reference,
-            candidate,
-            provider=provider,
-            probes=probes,
-            perturbations=perturbations,
+        ref = open_reference(
+            stack, reference, provider=provider, probes=probes, perturbations=perturbations
         )
-        specs = merge_input_specs(pair.ref.inputs, pair.cand.inputs)
-        given = given_sets(inputs, specs)
-        if sink is not None:
-            sink.start(pair.ref.outputs)
-        if pair.noisy is None and not any(s.is_float for s in specs) and perturbations != 0:
-            pair.warnings.append(
-                "no noise floor (no float inputs, no weight jitter): tolerances only"
-            )
-        return _run_sets(pair, specs, given, used, shapes or {}, provider, perturbations, sink)
+        return run_candidate(
+            stack,
+            ref,
+            candidate,
+            inputs=inputs,
+            shapes=shapes or {},
+            seeds=used,
+            perturbations=perturbations,
+            sink=sink,
+        )
 
 
-def _run_sets(
-    pair: OpenPair,
-    specs: Sequence[TensorSpec],
-    given: list[dict[str, np.ndarray]],
-    seeds: list[int],
+def run_candidate(
+    stack: contextlib.ExitStack,
+    ref: OpenReference,
+    candidate: ModelLike,
+    *,
+    inputs: InputSets | None,
     shapes: Mapping[str, Sequence[int]],
-    provider: str,
+    seeds: list[int],
     perturbations: int | None,
     sink: RunSink | None,
+    ahead: ReferenceRuns | None = None,
 ) -> PairRun:
-    sets = given or [{} for _ in seeds]
-    used_seeds = list(range(len(sets))) if given else seeds
-    bounds = inp.index_bounds(pair.ref_src.graph_proto(), [s.name for s in specs])
-    feeder = Feeder(specs, shapes, bounds)
-    first = FirstRun(pair.ref, feeder, sets[0], used_seeds[0])
-    found = shape_search.search(
-        specs,
-        feeder.fixed(sets[0]),
-        first.try_shapes,
-        model=pair.ref_src.graph_proto(),
-    )
+    """The candidate half: open it beside ``ref`` and run it on the reference's input sets.
+
+    ``ahead``: reference runs already started; used when the candidate's inputs match the
+    specs they were planned with (otherwise the sets are planned again on merged specs).
+    """
+    pair = open_pair(stack, ref, candidate)
+    specs = merge_input_specs(pair.ref.inputs, pair.cand.inputs)
+    if sink is not None:
+        sink.start(pair.ref.outputs)
+    if ahead is not None and ahead.plan.specs == specs:
+        runs = ahead
+    else:
+        if ahead is not None:
+            ahead.stop()
+        runs = ReferenceRuns(ref, plan_inputs(ref, specs, inputs, seeds, shapes), perturbations)
+    if not any(s.is_float for s in specs) and perturbations != 0 and pair.noisy is None:
+        pair.warnings.append("no noise floor (no float inputs, no weight jitter): tolerances only")
+    plan = runs.plan
     kept: list[InputSetRun] = []
-    described: dict[str, str] = {}
-    first_shapes: dict[str, tuple[int, ...]] = {}
-    defaulted: dict[str, int] = {}
-    for seed, partial in zip(used_seeds, sets, strict=True):
-        rng = np.random.default_rng(seed)
-        resolved, defaulted = inp.resolve_shapes(specs, feeder.fixed(partial), found.sizes)
-        described = described or describe_inputs(specs, resolved, partial, found)
-        first_shapes = first_shapes or dict(resolved)
-        feeds = feeder.feeds(partial, resolved, rng)
-        ref_out = first.reuse(feeds) or _run(pair.ref, feeds, defaulted)
-        cand_out = _run(pair.cand, feeds, defaulted)
+    for index, planned in enumerate(plan.sets):
+        cand_f = pair.pool.submit(run_noted, pair.cand, planned.feeds, planned.defaulted)
+        done = runs.get(index)  # the reference side, beside the candidate run
+        cand_out = cand_f.result()
+        names = {o.name for o in pair.ref.outputs}
+        ref_out = _only(done.outputs or {}, names)
+        moved = [_only(out, names) for out in done.perturbed]
         dropped = mismatched_probes(pair, ref_out, cand_out)
-        moved = _perturbed_outputs(pair.noisy, pair.ref, feeds, ref_out, perturbations, rng)
         for out in (ref_out, cand_out, *moved):
             for name in dropped:
                 out.pop(name, None)
-        one = InputSetRun(seed, ref_out, cand_out, moved)
+        one = InputSetRun(done.seed, ref_out, cand_out, moved)
         if sink is None:
             kept.append(one)
         else:
             sink.add(one)
     return PairRun(
-        reference=pair.ref_src.label,
+        reference=ref.src.label,
         candidate=pair.cand_label,
-        provider=provider,
+        provider=ref.provider,
         outputs=list(pair.ref.outputs),
         probe_labels=dict(pair.labels),
-        seeds=used_seeds,
-        inputs=described,
-        input_shapes=first_shapes,
-        defaulted_dims=defaulted,
-        shape_search=found,
+        seeds=[s.seed for s in plan.sets],
+        inputs=plan.described,
+        input_shapes=plan.first_shapes,
+        defaulted_dims=plan.defaulted,
+        shape_search=plan.found,
         warnings=pair.warnings,
         sets=kept,
     )
 
 
-def _perturbed_outputs(
-    noisy: ModelRunner | None,
-    ref: ModelRunner,
-    feeds: Mapping[str, np.ndarray],
-    ref_out: Mapping[str, np.ndarray],
-    perturbations: int | None,
-    rng: np.random.Generator,
-) -> list[dict[str, np.ndarray]]:
-    """Reference outputs under ulp-level perturbation of inputs (and weights, via ``noisy``)."""
-    count = perturbations
-    if count is None:
-        smallest = min((v.size for v in ref_out.values()), default=0)
-        small = smallest < cmp.SMALL_OUTPUT
-        count = cmp.SMALL_OUTPUT_PERTURBATIONS if small else cmp.DEFAULT_PERTURBATIONS
-    outs = []
-    for _ in range(count):
-        moved = inp.perturb(feeds, rng, cmp.INPUT_ULPS)
-        if moved is None and noisy is None:
-            break  # nothing to perturb
-        outs.append((noisy or ref).run(feeds if moved is None else moved))
-        if moved is None:
-            break  # the jittered model on the same inputs gives the same answer every time
-    return outs
-
-
-def _run(
-    runner: ModelRunner, feeds: Mapping[str, np.ndarray], defaulted: Mapping[str, int]
-) -> dict[str, np.ndarray]:
-    try:
-        return runner.run(feeds)
-    except VerificationError as err:
-        if defaulted:
-            dims = ", ".join(f"{k}={v}" for k, v in defaulted.items())
-            raise VerificationError(
-                f"{err} (symbolic dims were set by default: {dims}; give shapes explicitly)"
-            ) from err
-        raise
+def _only(outputs: Mapping[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in outputs.items() if k in names}
