@@ -164,8 +164,10 @@ def _run_pool(tasks: list[Task], workers: int, advance: Progress) -> dict[int, F
     outcomes: dict[int, FoldFileOutcome] = {}
     crashed: list[int] = []
     stop = multiprocessing.Event()
+    threads = worker_threads(workers)
+    preload()
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers, initializer=_init_worker, initargs=(stop,)
+        max_workers=workers, initializer=_init_worker, initargs=(stop, threads)
     ) as pool:
         futures = {pool.submit(_fold_unless_stopped, p, o): i for i, (p, o) in enumerate(tasks)}
         try:
@@ -194,9 +196,29 @@ _STOP: Any = None  # the pool's stop event, inside a worker process
 _INTERRUPTED = False  # Ctrl-C reached this worker while it was idle
 
 
-def _init_worker(stop: Any = None) -> None:
-    """Worker start-up: Ctrl-C while idle only marks the worker interrupted.
+def worker_threads(workers: int) -> int:
+    """CPU threads each of ``workers`` processes may use: its share of this machine."""
+    from bnfold.equivalence.threads import cpu_count
 
+    return max(1, cpu_count() // workers)
+
+
+def preload() -> None:
+    """Import the heavy libraries once, before the pool starts its workers.
+
+    Forked workers inherit them instead of each importing them again (onnx, onnx-ir,
+    numpy and the fold passes take most of a worker's start-up). onnxruntime is left to
+    the workers: nothing of it should be initialised in the parent of a fork.
+    """
+    import bnfold.equivalence.pending
+    import bnfold.onnx.api  # noqa: F401
+
+
+def _init_worker(stop: Any = None, threads: int | None = None) -> None:
+    """Worker start-up: its thread share, and Ctrl-C while idle only marks it interrupted.
+
+    ``threads``: onnxruntime sessions (and numpy's BLAS, where not set by the user) use
+    at most this many threads, so ``-j 2`` on 2 cores does not run 4 busy threads.
     Left at Python's default, a SIGINT landing while the worker waits for work kills it
     inside multiprocessing's loop, which prints a traceback; ignored, the worker could
     still pick up a queued model before the parent's stop event is set.
@@ -204,6 +226,16 @@ def _init_worker(stop: Any = None) -> None:
     global _STOP
     _STOP = stop
     signal.signal(signal.SIGINT, _note_interrupt)
+    if threads is not None:
+        for var in _THREAD_VARS:
+            os.environ.setdefault(var, str(threads))
+        from bnfold.equivalence.threads import set_thread_budget
+
+        set_thread_budget(threads)
+    import onnxruntime  # noqa: F401  (once per worker, not in its first model's time)
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _note_interrupt(signum: int, frame: Any) -> None:
@@ -229,7 +261,9 @@ def _fold_unless_stopped(path: Path, options: FoldFileOptions) -> FoldFileOutcom
 def _run_isolated(path: Path, opts: FoldFileOptions) -> FoldFileOutcome:
     """Fold one model in a fresh single-worker pool, so a crash is pinned on it."""
     logger.info("retrying %s alone after a worker crash", path)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, initializer=_init_worker) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, initializer=_init_worker, initargs=(None, worker_threads(1))
+    ) as pool:
         try:
             return pool.submit(_fold_unless_stopped, path, opts).result()
         except BrokenProcessPool:
