@@ -88,7 +88,8 @@ written unless --force); 2 bad input or usage (one-line message).
     metavar="NAME:DIMS",
     help="Input shape for verification (and --bench), e.g. x:1x3x48x320; repeatable. "
     "Default: batch 1, image dims 224, others 64; when the original model does not run at "
-    "those, sizes it accepts are searched.",
+    "those, sizes it accepts are searched. For a .pt2 program: the size of that user input "
+    "instead of the recorded example inputs.",
 )
 @click.option(
     "--inputs",

@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.export import ExportedProgram
 
 from bnfold.errors import InputError, NotEquivalentError
 from bnfold.export.plan import FoldPlan, plan_program
 from bnfold.export.rewrite import apply_plans, dropouts
-from bnfold.export.verify import ProgramReference, ProgramVerifyResult
+from bnfold.export.verify import ProgramReference, ProgramVerifyResult, user_input_nodes
 from bnfold.keep import KEPT_REASON, KeepList
 from bnfold.report import FoldReport, ReportEntry
 
@@ -63,6 +64,8 @@ def fold_program(
     strict: bool = False,
     keep: Sequence[str] | str | None = None,
     keep_dropout: bool = False,
+    inputs: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ProgramFoldResult:
     """Fold every foldable BN of ``ep`` into its convolution / linear / addmm / mm producer.
 
@@ -71,17 +74,65 @@ def fold_program(
     is proven on example inputs and rolled back if the outputs drift; ``strict`` raises
     NotEquivalentError when the final program still differs. ``keep`` (fnmatch globs on
     node names or the modules they came from, e.g. ``head.*``) and ``keep_dropout`` leave
-    those BN / Dropout calls as they are.
+    those BN / Dropout calls as they are. ``inputs`` (arrays by user-input name, one dict
+    per input set) and ``shapes`` (sizes of synthesised inputs) replace the program's
+    example inputs in verification.
     """
     if not isinstance(ep, ExportedProgram):
         raise InputError(f"expected a torch.export.ExportedProgram, got {type(ep).__name__}")
+    sets = [inputs] if isinstance(inputs, Mapping) else list(inputs or [])
+    data = {"arrays": _checked_arrays(ep, sets), "shapes": _checked_shapes(ep, shapes)}
     with warnings.catch_warnings():  # torch's own pytree deprecation notes, once per module()
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        return _fold(ep, assume_eval, verify, seeds, strict, KeepList.of(keep, keep_dropout))
+        return _fold(ep, assume_eval, verify, seeds, strict, KeepList.of(keep, keep_dropout), data)
+
+
+def _reference(ep: ExportedProgram, seeds: int, data: dict[str, Any]) -> ProgramReference:
+    """The original's outputs on the verification inputs; given inputs it rejects are the
+    user's error, said in one line."""
+    if not (data["arrays"] or data["shapes"]):
+        return ProgramReference(ep, seeds=seeds)
+    try:
+        return ProgramReference(ep, seeds=seeds, **data)
+    except Exception as err:
+        takes = ", ".join(f"{n.name}: {tuple(n.meta['val'].shape)}" for n in user_input_nodes(ep))
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"the program rejects the given --inputs/--shape ({first}); it takes {takes}"
+        ) from err
+
+
+def _checked_arrays(
+    ep: ExportedProgram, sets: list[Mapping[str, np.ndarray]]
+) -> list[Mapping[str, np.ndarray]]:
+    names = [n.name for n in user_input_nodes(ep)]
+    for s in sets:
+        unknown = sorted(set(s) - set(names))
+        if unknown:
+            raise InputError(f"inputs {unknown} are not inputs of the program; it takes {names}")
+    return sets
+
+
+def _checked_shapes(
+    ep: ExportedProgram, shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]] | None:
+    if not shapes:
+        return None
+    names = [n.name for n in user_input_nodes(ep)]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise InputError(f"--shape names {unknown}, not inputs of the program; it takes {names}")
+    return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
 
 def _fold(
-    ep: ExportedProgram, assume_eval: bool, verify: bool, seeds: int, strict: bool, keep: KeepList
+    ep: ExportedProgram,
+    assume_eval: bool,
+    verify: bool,
+    seeds: int,
+    strict: bool,
+    keep: KeepList,
+    data: dict[str, Any],
 ) -> ProgramFoldResult:
     report, base, plans = _plan(ep, assume_eval, keep)
     removed = [e for e in report.entries if e.status == "removed"]
@@ -92,7 +143,7 @@ def _fold(
             original = _eval_reference(base, training)  # the program read as inference
         else:
             original = ep
-        reference = ProgramReference(original, seeds=seeds)
+        reference = _reference(original, seeds, data)
     folded, verification = base, None
     for _ in range(MAX_ROUNDS):
         accepted, rolled_back, folded, verification = _fold_checked(folded, plans, reference)

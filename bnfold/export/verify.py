@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,11 +40,17 @@ class ProgramReference:
     """The original program's outputs on every input set, and its noise floor (computed once)."""
 
     def __init__(
-        self, ep: ExportedProgram, *, seeds: int = 3, floor_factor: float = DEFAULT_FLOOR_FACTOR
+        self,
+        ep: ExportedProgram,
+        *,
+        seeds: int = 3,
+        floor_factor: float = DEFAULT_FLOOR_FACTOR,
+        arrays: Sequence[Mapping[str, np.ndarray]] = (),
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.ep = ep
         self.floor_factor = floor_factor
-        self.sets = input_sets(ep, seeds)
+        self.sets = input_sets(ep, seeds, arrays, shapes)
         module = copy.deepcopy(ep.module())  # copies: buffer updates never reach the caller
         self.outputs = [run(module, s) for s in self.sets]
         self.floors = noise_floors(module, self.sets, self.outputs)
@@ -73,11 +80,23 @@ class ProgramReference:
         )
 
 
-def input_sets(ep: ExportedProgram, seeds: int) -> list[Inputs]:
-    """Example inputs (or synthesised ones) first, then random values; see the module doc."""
+def input_sets(
+    ep: ExportedProgram,
+    seeds: int,
+    arrays: Sequence[Mapping[str, np.ndarray]] = (),
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> list[Inputs]:
+    """Example inputs (or synthesised ones) first, then random values; see the module doc.
+
+    ``arrays`` (real data by user-input name, one set each) and ``shapes`` (sizes for
+    synthesised inputs) replace the example inputs as the first sets.
+    """
+    if arrays:
+        sets = [given_inputs(ep, a, shapes, seed=i) for i, a in enumerate(arrays)]
+        return sets + [_random_like(sets[0], seed) for seed in range(1, seeds)]
     first = ep.example_inputs
-    if first is None:
-        first = synthesise(ep, seed=0, prefer_hint=True)
+    if first is None or shapes:
+        first = synthesise(ep, seed=0, prefer_hint=True, shapes=shapes)
     sets: list[Inputs] = [(tuple(first[0]), dict(first[1]))]
     for seed in range(1, seeds):
         sets.append(_random_like(sets[0], seed))
@@ -87,21 +106,45 @@ def input_sets(ep: ExportedProgram, seeds: int) -> list[Inputs]:
     return sets
 
 
-def synthesise(ep: ExportedProgram, seed: int, prefer_hint: bool) -> Inputs:
-    """Inputs from the user-input placeholders' shapes, symbolic dims inside their ranges."""
+def synthesise(
+    ep: ExportedProgram,
+    seed: int,
+    prefer_hint: bool,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Inputs:
+    """Inputs from the user-input placeholders' shapes, symbolic dims inside their ranges
+    (or as ``shapes`` gives them, by input name)."""
+    return given_inputs(ep, {}, shapes, seed=seed, prefer_hint=prefer_hint)
+
+
+def given_inputs(
+    ep: ExportedProgram,
+    arrays: Mapping[str, np.ndarray],
+    shapes: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    prefer_hint: bool = True,
+) -> Inputs:
+    """One input set: ``arrays`` by user-input name, every other input synthesised."""
     gen = torch.Generator().manual_seed(seed)
-    names = set(ep.graph_signature.user_inputs)
     leaves = []
-    for node in ep.graph_module.graph.nodes:
-        if node.op != "placeholder" or node.name not in names:
-            continue
+    for node in user_input_nodes(ep):
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             raise ValueError(f"input {node.name} is not a tensor")
-        shape = [_dim(d, ep, prefer_hint) for d in val.shape]
+        if node.name in arrays:
+            leaves.append(torch.from_numpy(np.ascontiguousarray(arrays[node.name])).to(val.dtype))
+            continue
+        wanted = (shapes or {}).get(node.name)
+        shape = list(wanted) if wanted else [_dim(d, ep, prefer_hint) for d in val.shape]
         leaves.append(_tensor(shape, val.dtype, gen))
     args, kwargs = tree_unflatten(leaves, ep.call_spec.in_spec)
     return tuple(args), dict(kwargs)
+
+
+def user_input_nodes(ep: ExportedProgram) -> list[torch.fx.Node]:
+    """The placeholders of the program's user inputs, in call order."""
+    names = set(ep.graph_signature.user_inputs)
+    return [n for n in ep.graph_module.graph.nodes if n.op == "placeholder" and n.name in names]
 
 
 def _dim(d: Any, ep: ExportedProgram, prefer_hint: bool) -> int:

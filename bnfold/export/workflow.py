@@ -29,6 +29,7 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     stage("load")
     ep = load_program(src, trust_pickle=getattr(options, "trust_pickle", False))
     stage("fold")
+    arrays, shapes = _program_inputs(ep, options)
     result = fold_program(
         ep,
         assume_eval=options.assume_eval,
@@ -36,10 +37,11 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
         seeds=options.seeds,
         keep=options.keep,
         keep_dropout=options.keep_dropout,
+        inputs=arrays,
+        shapes=shapes,
     )
-    for flag, used in (("--bench", options.bench), ("--shape/--inputs", _inputs_given(options))):
-        if used:
-            result.report.warn(f"{flag} applies to ONNX models; ignored for a .pt2 archive")
+    if options.bench:
+        result.report.warn("--bench applies to ONNX models; ignored for a .pt2 archive")
     outcome.report = result.report
     outcome.verification = result.verification
     outcome.output = str(out)
@@ -59,5 +61,15 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     outcome.sizes = {"input_bytes": input_bytes, "output_bytes": out.stat().st_size}
 
 
-def _inputs_given(options: Any) -> bool:
-    return bool(getattr(options, "shapes", None) or getattr(options, "inputs", None))
+def _program_inputs(ep: Any, options: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """--inputs arrays and --shape sizes; in batch mode only those naming this program's inputs."""
+    from bnfold.equivalence.inputs import load_npz
+    from bnfold.export.verify import user_input_nodes
+
+    sets = [load_npz(p) for p in getattr(options, "inputs", [])]
+    shapes = dict(getattr(options, "shapes", None) or {})
+    if getattr(options, "only_matching_inputs", False):
+        names = {n.name for n in user_input_nodes(ep)}
+        shapes = {k: v for k, v in shapes.items() if k in names}
+        sets = [s for s in ({k: v for k, v in s.items() if k in names} for s in sets) if s]
+    return sets, shapes or None

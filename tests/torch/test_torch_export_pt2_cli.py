@@ -108,3 +108,56 @@ def test_training_program_refused_then_assume_eval(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "training mode" in result.output
     result = run(path, "--assume-eval", "-o", tmp_path / "eval.pt2")
     assert result.exit_code == 0 and "1 folded" in result.output, result.output
+
+
+def test_pt2_shape_sizes_the_verification_inputs(pt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sized.pt2"
+    result = run(pt2, "-o", out, "--shape", "x:7x3x5x5", "--json")
+    assert result.exit_code == 0, result.output
+    inputs = json.loads(result.output)["verification"]["inputs"]
+    assert any("7x3x5x5" in text for text in inputs.values()), inputs
+
+
+def test_pt2_inputs_feed_the_verification(pt2: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    import numpy as np
+
+    np.savez(data, x=np.full((4, 3, 5, 5), 0.5, dtype=np.float32))
+    result = run(pt2, "-o", tmp_path / "fed.pt2", "--inputs", data, "--json")
+    assert result.exit_code == 0, result.output
+    inputs = json.loads(result.output)["verification"]["inputs"]
+    assert any("4x3x5x5" in text for text in inputs.values()), inputs
+
+
+def test_pt2_inputs_naming_no_input_are_refused_in_one_line(pt2: Path, tmp_path: Path) -> None:
+    data = tmp_path / "wrong.npz"
+    import numpy as np
+
+    np.savez(data, image=np.zeros((1, 3, 5, 5), dtype=np.float32))
+    out = tmp_path / "never.pt2"
+    result = run(pt2, "-o", out, "--inputs", data)
+    assert result.exit_code == 2
+    assert "not inputs of the program" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["--inputs", "--shape"])
+def test_pt2_inputs_of_the_wrong_size_are_refused_in_one_line(
+    pt2: Path, tmp_path: Path, how: str
+) -> None:
+    import numpy as np
+
+    if how == "--inputs":
+        data = tmp_path / "bad.npz"
+        np.savez(data, x=np.zeros((1, 4, 5, 5), dtype=np.float32))
+        extra = ["--inputs", str(data)]
+    else:
+        extra = ["--shape", "x:1x3x6x6"]
+    out = tmp_path / "never.pt2"
+    result = run(pt2, "-o", out, *extra)
+    assert result.exit_code == 2
+    assert "the program rejects the given --inputs/--shape" in result.output
+    assert "internal error" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
