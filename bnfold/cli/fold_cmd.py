@@ -40,7 +40,12 @@ written unless --force); 2 bad input or usage (one-line message).
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @click.option("--force", is_flag=True, help="Write the output even if verification fails.")
-@click.option("--bench", "do_bench", is_flag=True, help="After folding, measure the latency gain.")
+@click.option(
+    "--bench",
+    "do_bench",
+    is_flag=True,
+    help="After folding, measure the latency gain (onnxruntime; torch eager for .pt2).",
+)
 @click.option(
     "--assume-eval",
     is_flag=True,

@@ -40,8 +40,6 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
         inputs=arrays,
         shapes=shapes,
     )
-    if options.bench:
-        result.report.warn("--bench applies to ONNX models; ignored for a .pt2 archive")
     outcome.report = result.report
     outcome.verification = result.verification
     outcome.output = str(out)
@@ -59,6 +57,13 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     result.save(out)
     outcome.written = True
     outcome.sizes = {"input_bytes": input_bytes, "output_bytes": out.stat().st_size}
+    if options.bench:
+        stage("bench")
+        from bnfold.export.bench import bench_programs
+        from bnfold.export.verify import input_sets
+
+        inputs = input_sets(ep, 1, arrays, shapes)[0]
+        outcome.bench = bench_programs(ep, result.program, inputs, (src.name, out.name))
 
 
 def _program_inputs(ep: Any, options: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

@@ -161,3 +161,15 @@ def test_pt2_inputs_of_the_wrong_size_are_refused_in_one_line(
     assert "internal error" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_pt2_bench_times_both_programs(pt2: Path, tmp_path: Path) -> None:
+    result = run(pt2, "-o", tmp_path / "timed.pt2", "--bench", "--json")
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.output)["bench"]
+    assert bench["runtime"] == "torch eager"
+    assert [r["label"] for r in bench["runs"]] == ["model.pt2", "timed.pt2"]
+    assert all(r["runs"] >= 10 and r["median_ms"] > 0 for r in bench["runs"])
+    assert bench["speedup"]["median"] > 0
+    text = run(pt2, "-o", tmp_path / "timed2.pt2", "--bench").output
+    assert "speed-up" in text and "torch eager" in text
