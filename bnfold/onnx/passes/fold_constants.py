@@ -2,7 +2,9 @@
 
 Examples: torch's dynamo exporter (``optimize=False``) writes a bias-free Conv's bias as
 ``Expand(CastLike(0, x), Shape(W))`` and a Linear's weight as ``Transpose(W)``. Nodes are
-evaluated with the onnx package's reference evaluator, never hand-written kernels.
+evaluated with the onnx package's reference evaluator, never hand-written kernels; Expand
+(two per such bias) calls the reference's own kernel function directly, without the
+evaluator's per-run bookkeeping.
 
 Quantized models keep their quantization. Evaluating ``DequantizeLinear(int8 W, scale, zp)``
 would replace every int8 weight by a float copy (a QDQ ResNet-18 grew from 12 to 47 MB) and
@@ -29,6 +31,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.ops import op_expand
 
 from bnfold.onnx.constants import (
     constant_array,
@@ -83,7 +86,7 @@ class FoldConstantsPass(BnfoldPass):
         return modified
 
     def foldable(self, node: ir.Node) -> bool:
-        if not node.outputs or not all(self.input_known(node, i) for i in range(len(node.inputs))):
+        if not node.outputs or not self.inputs_known(node):
             return False  # the common case, decided first: it runs on every node each round
         if is_quantize_op(node):
             return False  # never dequantize (or requantize) a quantized model's tensors
@@ -92,6 +95,13 @@ class FoldConstantsPass(BnfoldPass):
         if any(out.is_graph_output() for out in node.outputs):
             return False
         return not any(attr.type in _GRAPH_ATTRS for attr in node.attributes.values())
+
+    def inputs_known(self, node: ir.Node) -> bool:
+        """``input_known`` for every input, the node's op type tested once."""
+        default = node.domain in ("", "ai.onnx")
+        if default and node.op_type in ("CastLike", "Shape"):
+            return all(self.input_known(node, i) for i in range(len(node.inputs)))
+        return all(value is None or is_constant(value) for value in node.inputs)
 
     def input_known(self, node: ir.Node, index: int) -> bool:
         value = node.inputs[index]
@@ -130,8 +140,12 @@ class FoldConstantsPass(BnfoldPass):
         ):
             return None  # would widen or dequantize a quantized weight
         try:
-            evaluator = _evaluator(node, names, feeds, self.ctx.model.opset_imports)
-            outputs = evaluator.run(None, feeds)
+            kernel = _DIRECT_KERNELS.get(node.op_type)
+            if kernel is not None and node.domain in ("", "ai.onnx") and all(names):
+                outputs = [np.asarray(kernel(*(feeds[n] for n in names)))]
+            else:
+                evaluator = _evaluator(node, names, feeds, self.ctx.model.opset_imports)
+                outputs = evaluator.run(None, feeds)
         except Exception as err:  # unsupported op or odd input: simply leave the node
             logger.debug("constant evaluation of %s failed: %s", node.op_type, err)
             return None
@@ -159,6 +173,9 @@ class FoldConstantsPass(BnfoldPass):
 
 
 _GRAPH_ATTRS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+# Reference kernels called without an evaluator: (op, inputs all given) → outputs[0]. Only ops
+# with no attributes, one output and a fixed input count (Expand: data, shape, since opset 8).
+_DIRECT_KERNELS = {"Expand": op_expand.common_reference_implementation}
 _EVALUATORS: dict[tuple[object, ...], ReferenceEvaluator] = {}
 _MAX_CACHED = 512
 
