@@ -13,10 +13,6 @@ is judged per output channel, by its effect and not by a count (``underflow_reas
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
-import os
-
 import numpy as np
 
 BF16_MAX = 3.3895313892515355e38
@@ -89,11 +85,7 @@ def scale_output_channels(weight: np.ndarray, scale: np.ndarray, axis: int = 0) 
 
 
 def scale_output_channels_cast(
-    weight: np.ndarray,
-    scale: np.ndarray,
-    dtype: np.dtype | type,
-    block_bytes: int = 1 << 20,
-    workers: int = 1,
+    weight: np.ndarray, scale: np.ndarray, dtype: np.dtype | type, block_bytes: int = 1 << 20
 ) -> tuple[np.ndarray | None, str | None]:
     """``cast_back(scale_output_channels(weight, scale, 0), dtype, weight)`` in cache-sized blocks.
 
@@ -103,10 +95,6 @@ def scale_output_channels_cast(
     in cache. The checks run on the cast block (finite sum ⇒ no NaN, Inf or overflow; for
     dtypes narrower than float32, no zeros ⇒ nothing underflowed); a block that fails them
     is judged again by ``cast_back`` (the underflow rule is per channel, so per block).
-
-    ``workers`` > 1 splits the blocks into that many runs of rows, scaled side by side in
-    threads (numpy releases the GIL); the blocks, and so the result and the reason of the
-    first refused block, are the same as with one worker.
     """
     w = np.asarray(weight)
     dtype = np.dtype(dtype)
@@ -118,46 +106,12 @@ def scale_output_channels_cast(
     step = max(1, block_bytes // row_bytes)
     if w.dtype.kind != "f" or dtype.kind != "f" or w.dtype.itemsize > 8:
         return _cast_blocks(w, s, out, step)  # bfloat16 and friends: the general path
-    runs = row_runs(w.shape[0], step, workers)
-    if len(runs) == 1:
-        reason = _scale_cast_rows(w, s, out, runs[0], step)
-    else:
-        caller = contextvars.copy_context()  # the caller's np.errstate holds in the threads
-        pool = _thread_pool(len(runs))
-        tasks = [
-            pool.submit(caller.copy().run, _scale_cast_rows, w, s, out, run, step) for run in runs
-        ]
-        reasons = [task.result() for task in tasks]
-        reason = next((r for r in reasons if r is not None), None)
-    return (None, reason) if reason is not None else (out, None)
-
-
-def row_runs(rows: int, step: int, parts: int) -> list[range]:
-    """``rows`` cut into at most ``parts`` contiguous runs whose bounds are multiples of ``step``.
-
-    Every run holds whole blocks of ``step`` rows (the last block may be short), in order.
-    """
-    blocks = -(-rows // step)
-    parts = max(1, min(parts, blocks))
-    runs = []
-    for i in range(parts):
-        lo = (blocks * i // parts) * step
-        hi = min(rows, (blocks * (i + 1) // parts) * step)
-        runs.append(range(lo, hi))
-    return runs
-
-
-def _scale_cast_rows(
-    w: np.ndarray, s: np.ndarray, out: np.ndarray, rows: range, step: int
-) -> str | None:
-    """Scale, cast and check the blocks of ``rows`` into ``out``; the first refusal or None."""
-    dtype = out.dtype
-    buffer = np.empty((min(step, len(rows)), *w.shape[1:]), dtype=np.float64)
+    buffer = np.empty((min(step, w.shape[0]), *w.shape[1:]), dtype=np.float64)
     s_rows = broadcast_along(s, w.ndim, 0)
     narrow = dtype.itemsize < 4  # only there can underflow refuse a fold
     sum_dtype = np.float32 if narrow else dtype
-    for start in range(rows.start, rows.stop, step):
-        stop = min(start + step, rows.stop)
+    for start in range(0, w.shape[0], step):
+        stop = min(start + step, w.shape[0])
         block = buffer[: stop - start]
         np.copyto(block, w[start:stop])  # widen first: cheaper than a mixed-type multiply
         np.multiply(block, s_rows[start:stop], out=block)
@@ -167,24 +121,9 @@ def _scale_cast_rows(
         if not finite or (narrow and np.count_nonzero(cast) != cast.size):
             checked, reason = cast_back(block, dtype, w[start:stop], first_channel=start)
             if reason is not None:
-                return reason
+                return None, reason
             cast[...] = checked
-    return None
-
-
-_POOL: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
-
-
-def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """A shared pool of ``workers`` threads, made again after a fork or for another size."""
-    global _POOL
-    pid = os.getpid()
-    if _POOL is None or _POOL[0] != pid or _POOL[1] != workers:
-        if _POOL is not None and _POOL[0] == pid:
-            _POOL[2].shutdown(wait=False)
-        pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="bnfold-fold")
-        _POOL = (pid, workers, pool)
-    return _POOL[2]
+    return out, None
 
 
 def _cast_blocks(

@@ -45,13 +45,7 @@ def test_blocked_scaling_equals_the_float64_reference(
             foldmath.scale_output_channels(w, s, 0), dtype, w
         )
         got, reason = foldmath.scale_output_channels_cast(w, s, dtype, block_bytes)
-        threaded, threaded_reason = foldmath.scale_output_channels_cast(
-            w, s, dtype, block_bytes, workers=3
-        )
     assert (reason is None) == (expected_reason is None), (reason, expected_reason)
-    assert threaded_reason == reason  # the same first refused block, whatever the workers
-    if got is not None:
-        assert threaded is not None and threaded.tobytes() == got.tobytes()
     if expected is not None:
         assert got is not None
         assert got.dtype == expected.dtype

@@ -22,7 +22,6 @@ from bnfold.onnx.plan.weights import (
     set_inputs,
     value_dtype,
 )
-from bnfold.onnx.plan.workers import fold_workers
 
 
 def fold_output(
@@ -41,7 +40,7 @@ def fold_output(
     b = conv_bias(ctx, layer, channels)
     if isinstance(b, str):
         return b
-    blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype, workers=fold_workers())
+    blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype)
     if reason is not None or blocked is None:
         return f"weight: {reason}"
     return set_output_fold(ctx, layer, blocked, b, s, t, w.dtype)
