@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -62,7 +63,9 @@ def bench_programs(
     iters: int | None = None,
 ) -> ProgramBench:
     """Time both programs' modules on ``inputs`` (about two seconds unless ``iters``)."""
-    modules = [copy.deepcopy(ep.module()) for ep in (original, folded)]
+    with warnings.catch_warnings():  # torch's own pytree deprecation note, once per module()
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        modules = [copy.deepcopy(ep.module()) for ep in (original, folded)]
     args, kwargs = inputs
 
     def runner(module: torch.nn.Module) -> Any:

@@ -114,7 +114,7 @@ def test_pt2_shape_sizes_the_verification_inputs(pt2: Path, tmp_path: Path) -> N
     out = tmp_path / "sized.pt2"
     result = run(pt2, "-o", out, "--shape", "x:7x3x5x5", "--json")
     assert result.exit_code == 0, result.output
-    inputs = json.loads(result.output)["verification"]["inputs"]
+    inputs = json.loads(result.stdout)["verification"]["inputs"]
     assert any("7x3x5x5" in text for text in inputs.values()), inputs
 
 
@@ -125,7 +125,7 @@ def test_pt2_inputs_feed_the_verification(pt2: Path, tmp_path: Path) -> None:
     np.savez(data, x=np.full((4, 3, 5, 5), 0.5, dtype=np.float32))
     result = run(pt2, "-o", tmp_path / "fed.pt2", "--inputs", data, "--json")
     assert result.exit_code == 0, result.output
-    inputs = json.loads(result.output)["verification"]["inputs"]
+    inputs = json.loads(result.stdout)["verification"]["inputs"]
     assert any("4x3x5x5" in text for text in inputs.values()), inputs
 
 
@@ -166,7 +166,7 @@ def test_pt2_inputs_of_the_wrong_size_are_refused_in_one_line(
 def test_pt2_bench_times_both_programs(pt2: Path, tmp_path: Path) -> None:
     result = run(pt2, "-o", tmp_path / "timed.pt2", "--bench", "--json")
     assert result.exit_code == 0, result.output
-    bench = json.loads(result.output)["bench"]
+    bench = json.loads(result.stdout)["bench"]
     assert bench["runtime"] == "torch eager"
     assert [r["label"] for r in bench["runs"]] == ["model.pt2", "timed.pt2"]
     assert all(r["runs"] >= 10 and r["median_ms"] > 0 for r in bench["runs"])
