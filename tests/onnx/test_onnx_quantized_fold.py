@@ -215,7 +215,7 @@ def test_quantize_bias_requantizes_to_int32_and_says_so(quantized: dict[str, Pat
     assert _steps(quantized["per_channel"], model) <= 3
 
 
-def test_requantize_cli_verifies_in_output_steps(
+def test_requantize_cli_verifies_the_fold_and_bounds_the_drift(
     quantized: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "rq.onnx"
