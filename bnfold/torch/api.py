@@ -4,7 +4,8 @@ Steps: deep-copy the module in eval mode (the caller's module is never touched) 
 Dropout modules by Identity → trace the whole model with torch.fx, or else its largest
 traceable submodules, and fold per call site in those graphs → fold the remaining BNs by
 adjacency proven on a recorded forward pass → compare with the original on the example inputs,
-rolling back any step whose outputs drift beyond fp32 noise.
+rolling back any step whose outputs drift beyond the original's own rounding noise (the
+ONNX side's rule, :mod:`bnfold.torch.noise_floor`).
 """
 
 from __future__ import annotations
@@ -182,7 +183,9 @@ class _Folder:
         if verification is None:
             self.report.warn("no example_inputs: the folded module was not verified")
         elif not verification:
-            self.report.warn("the folded module differs from the original beyond fp32 noise")
+            self.report.warn(
+                "the folded module differs from the original beyond its own rounding noise"
+            )
             if strict:
                 raise NotEquivalentError(verification.describe())
         elif verification.blind_outputs:
