@@ -13,7 +13,7 @@ Per variant: BN left, file size, output drift from the quantized original in ste
 output's quantization scale (ORT_DISABLE_ALL and ORT_ENABLE_ALL) and ORT_ENABLE_ALL latency
 (median, models timed in turn in one run). Writes ``results/quantized.md``.
 
-    python benchmarks/quantized.py                      # resnet18, mobilenetv2_050
+    python benchmarks/quantized.py        # resnet18, mobilenetv2_050, regnetx_002, efficientnet_b0
     python benchmarks/quantized.py --models resnet18 --size 160
 """
 
@@ -180,7 +180,7 @@ def own_noise(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet18,mobilenetv2_050")
+    parser.add_argument("--models", default="resnet18,mobilenetv2_050,regnetx_002,efficientnet_b0")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quantized.md")
