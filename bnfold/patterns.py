@@ -9,7 +9,7 @@ and ints; no onnx, torch or click imports (like ``foldmath``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -146,6 +146,15 @@ def same_channel_axis(
         if b == target and len(idx) == channels and np.array_equal(idx, np.arange(channels)):
             return True
     return False
+
+
+def axis_after_reduce(axis: int, reduced: Iterable[int], keepdims: bool) -> int | None:
+    """Where ``axis`` lands after averaging over the (non-negative) ``reduced`` axes; None
+    when it is one of them (a mean over the channels does not commute with the BN)."""
+    reduced = set(reduced)
+    if axis in reduced:
+        return None
+    return axis if keepdims else axis - sum(1 for a in reduced if a < axis)
 
 
 def _suffix(dims: Sequence[int | None], axis: int) -> int | None:

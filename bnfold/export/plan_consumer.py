@@ -163,9 +163,10 @@ def _mean(node: fx.Node, rank: int, axis: int, idx: np.ndarray) -> tuple[int, np
     if dims is None:
         return f"{node.name} averages over every axis"
     reduced = {int(d) % rank for d in dims}  # type: ignore[union-attr]
-    if axis in reduced:
+    moved = patterns.axis_after_reduce(axis, reduced, bool(keep))
+    if moved is None:
         return "the BN output is averaged over its channels"
-    return (axis if keep else axis - sum(1 for d in reduced if d < axis)), idx
+    return moved, idx
 
 
 def _fold_reader(

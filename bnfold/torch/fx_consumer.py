@@ -168,10 +168,8 @@ def _mean(
     dims = dim if isinstance(dim, (list, tuple)) else [dim]
     if not all(type(d) is int and -rank <= d < rank for d in dims):
         return None
-    reduced = {d % rank for d in dims}
-    if axis in reduced:
-        return None
-    return (axis if keep else axis - sum(1 for d in reduced if d < axis)), idx
+    moved = patterns.axis_after_reduce(axis, {d % rank for d in dims}, keep)
+    return None if moved is None else (moved, idx)
 
 
 def _layout(

@@ -13,6 +13,14 @@ from torch import nn
 
 import bnfold
 from bnfold.onnx.plan.layout import map_flat
+from bnfold.patterns import axis_after_reduce
+
+
+def test_axis_after_reduce_renumbers_or_refuses() -> None:
+    assert axis_after_reduce(1, {2, 3}, keepdims=True) == 1
+    assert axis_after_reduce(1, {2, 3}, keepdims=False) == 1
+    assert axis_after_reduce(2, {0, 1}, keepdims=False) == 0  # (B, N, C) mean over B, N
+    assert axis_after_reduce(1, {1}, keepdims=True) is None  # a mean over the channels
 
 
 def test_map_flat_keeps_merges_and_splits() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from bnfold import patterns
 from bnfold.onnx.constants import constant_array, is_onnx_op, why_not_constant
 from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.plan.layout import Mapping, static_dims
@@ -115,8 +116,7 @@ def _reduce_mean_axis(ctx: FoldContext, node: ir.Node, axis: int, name: str) -> 
         return f"{name}: input rank unknown, cannot resolve axes {axes}"
     rank = len(dims) if dims is not None else 0
     resolved = {a + rank if a < 0 else a for a in axes}
-    if axis in resolved:
+    moved = patterns.axis_after_reduce(axis, resolved, bool(node.attributes.get_int("keepdims", 1)))
+    if moved is None:
         return f"{name} averages over axis {axis}, which carries the BN channels"
-    if node.attributes.get_int("keepdims", 1):
-        return axis
-    return axis - sum(1 for a in resolved if a < axis)
+    return moved
