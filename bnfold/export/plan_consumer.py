@@ -28,6 +28,7 @@ from bnfold.export.plan import (
     value_users,
 )
 from bnfold.export.program import Layer, Program, layer_of
+from bnfold.torch.fx_graph import permutation
 from bnfold.torch.layers import _cast
 
 aten = torch.ops.aten
@@ -109,7 +110,7 @@ def _through(
     if target in COPIES or (target == aten.expand.default and after.shape == before.shape):
         return axis, idx
     if target in PERMUTES:
-        perm = _permutation(node, rank)
+        perm = permutation(node, rank)
         return (perm.index(axis), idx) if perm else f"{name} is not a known permutation"
     if target in RESHAPES:
         found = patterns.map_flat(_dims(before), axis, len(idx), _dims(after))
@@ -129,16 +130,6 @@ def _through(
     if target == aten.mean.dim:
         return _mean(node, rank, axis, idx)
     return f"the BN output reaches {name}, which is not a layer or a layout op"
-
-
-def _permutation(node: fx.Node, rank: int) -> list[int] | None:
-    if node.target == aten.transpose.int:
-        d0, d1 = (int(a) % rank for a in node.args[1:3])
-        perm = list(range(rank))
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return perm
-    perm = [int(a) % rank for a in node.args[1]]  # type: ignore[union-attr]
-    return perm if sorted(perm) == list(range(rank)) else None
 
 
 def _exact_average(node: fx.Node) -> bool:

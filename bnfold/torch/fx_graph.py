@@ -25,10 +25,11 @@ def is_layout(node: fx.Node) -> bool:
 
 
 def op_name(node: fx.Node) -> str:
-    """``flatten`` for both ``x.flatten(…)`` and ``torch.flatten(x, …)``."""
+    """``flatten`` for ``x.flatten(…)``, ``torch.flatten(x, …)`` and ``aten.flatten.using_ints``."""
     if node.op == "call_method":
         return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
+    target = getattr(node.target, "overloadpacket", node.target)  # an aten OpOverload
+    return getattr(target, "__name__", str(target))
 
 
 def is_add(node: fx.Node) -> bool:
