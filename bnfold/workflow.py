@@ -328,12 +328,20 @@ def _inputs_for(
     model: Any, options: FoldFileOptions
 ) -> tuple[dict[str, tuple[int, ...]] | None, list[dict[str, Any]] | None]:
     """The user's shapes and input arrays, limited to this model's inputs in batch mode."""
+    return given_inputs(options, lambda: {v.name for v in model.graph.inputs})
+
+
+def given_inputs(
+    options: Any, input_names: Callable[[], set[str]]
+) -> tuple[dict[str, tuple[int, ...]] | None, list[dict[str, Any]] | None]:
+    """--shape sizes and --inputs arrays (``.npz`` files read); in batch mode
+    (``only_matching_inputs``) only those naming one of ``input_names()``."""
     from bnfold.equivalence.inputs import load_npz
 
     sets = [load_npz(p) for p in options.inputs]
     shapes = dict(options.shapes)
     if options.only_matching_inputs:
-        names = {v.name for v in model.graph.inputs}
+        names = input_names()
         shapes = {k: v for k, v in shapes.items() if k in names}
         sets = [{k: v for k, v in s.items() if k in names} for s in sets]
         sets = [s for s in sets if s]

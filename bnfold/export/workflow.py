@@ -22,6 +22,8 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     """Fold ``src`` into ``options.output`` (default ``<stem>.folded.pt2``); fill ``outcome``."""
     from bnfold.export.api import fold_program
     from bnfold.export.archive import load_program
+    from bnfold.export.verify import user_input_nodes
+    from bnfold.workflow import given_inputs
 
     out = src if options.in_place else (options.output or src.with_name(f"{src.stem}.folded.pt2"))
     if not options.in_place and out.resolve() == src.resolve():
@@ -29,7 +31,7 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
     stage("load")
     ep = load_program(src, trust_pickle=getattr(options, "trust_pickle", False))
     stage("fold")
-    arrays, shapes = _program_inputs(ep, options)
+    shapes, arrays = given_inputs(options, lambda: {n.name for n in user_input_nodes(ep)})
     result = fold_program(
         ep,
         assume_eval=options.assume_eval,
@@ -62,19 +64,5 @@ def fold_pt2_file(src: Path, options: Any, outcome: Any, stage: Any) -> None:
         from bnfold.export.bench import bench_programs
         from bnfold.export.verify import input_sets
 
-        inputs = input_sets(ep, 1, arrays, shapes)[0]
+        inputs = input_sets(ep, 1, arrays or (), shapes)[0]
         outcome.bench = bench_programs(ep, result.program, inputs, (src.name, out.name))
-
-
-def _program_inputs(ep: Any, options: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """--inputs arrays and --shape sizes; in batch mode only those naming this program's inputs."""
-    from bnfold.equivalence.inputs import load_npz
-    from bnfold.export.verify import user_input_nodes
-
-    sets = [load_npz(p) for p in getattr(options, "inputs", [])]
-    shapes = dict(getattr(options, "shapes", None) or {})
-    if getattr(options, "only_matching_inputs", False):
-        names = {n.name for n in user_input_nodes(ep)}
-        shapes = {k: v for k, v in shapes.items() if k in names}
-        sets = [s for s in ({k: v for k, v in s.items() if k in names} for s in sets) if s]
-    return sets, shapes or None
