@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 from onnxruntime import quantization
 
 import bnfold
-from bnfold.equivalence.requantized import SCALE_JITTER, jittered, verify_requantized
+from bnfold.equivalence.quantized_outputs import output_scales
+from bnfold.equivalence.requantized import own_noise, verify_requantized
 
 HERE = Path(__file__).resolve().parent
 LEVELS = {
@@ -62,6 +62,7 @@ def export(name: str, size: int, path: Path) -> Path:
 
     from bnfold.testing.zoo import randomize_bn
 
+    torch.manual_seed(0)  # the same conv/linear weights every run
     model = randomize_bn(timm.create_model(name, pretrained=False).eval(), seed=0)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -86,17 +87,6 @@ def quantize(src: Path, dst: Path, shape: tuple[int, ...]) -> Path:
             per_channel=True,
         )
     return dst
-
-
-def output_scale(path: Path) -> float:
-    """The scale of the DequantizeLinear that produces the first output."""
-    model = onnx.load(path)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    node = producers[model.graph.output[0].name]
-    while node.op_type != "DequantizeLinear":
-        node = producers[node.input[0]]
-    return float(inits[node.input[1]].reshape(-1)[0])
 
 
 def session(path: Path, level: str) -> ort.InferenceSession:
@@ -148,8 +138,10 @@ def run_model(name: str, size: int, rounds: int, work: Path) -> list[str]:
     paths["fold→quantize"] = quantize(folded_float, work / f"{name}.folded.q.onnx", shape)
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
-    scale = output_scale(paths["quantized"])
-    noise = own_noise(paths["quantized"], pairs, feeds, scale, work)
+    quantized = onnx.load(paths["quantized"])
+    scales = output_scales(quantized)
+    scale = scales[quantized.graph.output[0].name]
+    noise = own_noise(quantized, pairs, scales)[quantized.graph.output[0].name]
     timing = latencies(paths, feeds[0], rounds)
     rows = []
     for variant, path in paths.items():
@@ -163,19 +155,6 @@ def run_model(name: str, size: int, rounds: int, work: Path) -> list[str]:
         )
         print(rows[-1], flush=True)
     return rows
-
-
-def own_noise(
-    quantized: Path, pairs: list[tuple[str, str]], feeds: list[dict], scale: float, work: Path
-) -> float:
-    """How far the quantized original moves (steps) when its inner pairs' scales move ±0.1%."""
-    model = onnx.load(quantized)
-    worst = 0.0
-    for factor in (1 + SCALE_JITTER, 1 - SCALE_JITTER):
-        path = work / f"{quantized.stem}.jitter{factor}.onnx"
-        onnx.save(jittered(model, pairs, factor), path)
-        worst = max(worst, drift_steps(quantized, path, "disable", feeds, scale))
-    return worst
 
 
 def main() -> None:
@@ -202,8 +181,10 @@ def main() -> None:
             f"onnxruntime {ort.__version__}, 1 thread, {args.rounds} rounds, variants timed in "
             "turn. Drift: max |output − quantized original at ORT_DISABLE_ALL| in steps of "
             "the output's quantization scale. Own noise: how far the quantized original itself "
-            "moves (ORT_DISABLE_ALL, steps) when the scales of the inner Q/DQ pairs that "
-            "`--requantize` drops move by ±0.1% (a recalibration moves them more). bnfold's "
+            "moves (ORT_DISABLE_ALL, steps, on bnfold's verification inputs) when the scales of "
+            "the inner Q/DQ pairs that `--requantize` drops move by ±0.1% "
+            "(`bnfold.equivalence.requantized.own_noise`; a recalibration moves them more). "
+            "bnfold's "
             "check: `--requantize`'s verification (the fold exact against the original with "
             "those pairs bypassed; drift ≤ max(3, 2 × own noise) steps).",
             "",

@@ -1,8 +1,8 @@
-"""Tolerances in quantization steps for outputs that a DequantizeLinear produces.
+"""The quantization scale (one step) of each output that a per-tensor DequantizeLinear makes.
 
 A requantizing fold (``--requantize``) drops one rounding step, so its outputs may move by
-a few steps of the output's quantization scale; they are judged against
-``QUANTIZED_STEPS × scale`` instead of float tolerances.
+a few such steps; :mod:`bnfold.equivalence.requantized` judges them in these units, with at
+least ``QUANTIZED_STEPS`` allowed.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ QUANTIZED_STEPS = 3
 _PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 
 
-def output_step_tolerances(
-    model: str | os.PathLike[str] | onnx.ModelProto, steps: int = QUANTIZED_STEPS
-) -> dict[str, dict[str, float]]:
-    """``{output: {"atol": steps·scale}}`` for each output a per-tensor DequantizeLinear makes."""
+def output_scales(model: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, float]:
+    """``{output: scale}`` for each output a per-tensor DequantizeLinear makes (through
+    reshapes and transposes)."""
     proto = (
         model
         if isinstance(model, onnx.ModelProto)
@@ -32,7 +31,7 @@ def output_step_tolerances(
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             constants[node.output[0]] = node.attribute[0].t
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, float] = {}
     for output in graph.output:
         node = producers.get(output.name)
         while node is not None and node.op_type in _PASS_THROUGH:
@@ -44,5 +43,5 @@ def output_step_tolerances(
             continue
         scale = np.asarray(numpy_helper.to_array(tensor), dtype=np.float64)
         if scale.size == 1 and np.isfinite(scale).all():
-            found[output.name] = {"atol": steps * float(scale.reshape(-1)[0]), "rtol": 0.0}
+            found[output.name] = float(scale.reshape(-1)[0])
     return found

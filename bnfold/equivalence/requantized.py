@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from bnfold.equivalence.api import verify
-from bnfold.equivalence.quantized_outputs import QUANTIZED_STEPS, output_step_tolerances
+from bnfold.equivalence.quantized_outputs import QUANTIZED_STEPS, output_scales
 from bnfold.equivalence.result import VerifyResult
 
 SCALE_JITTER = 1e-3
@@ -93,10 +93,8 @@ def verify_requantized(
             "quantization pairs bypassed"
         )
         return exact
-    scales = {
-        name: spec["atol"] / QUANTIZED_STEPS for name, spec in output_step_tolerances(model).items()
-    }
-    noise = _noise(model, pairs, scales, options)
+    scales = output_scales(model)
+    noise = own_noise(model, pairs, scales, **options)
     allowed = {n: max(float(QUANTIZED_STEPS), NOISE_FACTOR * noise.get(n, 0.0)) for n in scales}
     tolerances = {n: {"atol": allowed[n] * scales[n], "rtol": 0.0} for n in scales}
     result = verify(
@@ -119,8 +117,8 @@ def verify_requantized(
     return result
 
 
-def _noise(
-    model: onnx.ModelProto, pairs: Pairs, scales: Mapping[str, float], options: dict[str, Any]
+def own_noise(
+    model: onnx.ModelProto, pairs: Pairs, scales: Mapping[str, float], **options: Any
 ) -> dict[str, float]:
     """Per output: the original's largest move, in steps, under ±SCALE_JITTER inner scales."""
     noise = dict.fromkeys(scales, 0.0)
