@@ -15,6 +15,7 @@ from bnfold.errors import InputError, ModelLoadError, OutputError
 from bnfold.keep import KeepList
 from bnfold.onnx.context import FoldOptions
 from bnfold.onnx.io import files as io
+from bnfold.onnx.io import validate
 from bnfold.onnx.pipeline import SHAPES_INFERRED, run_pipeline
 from bnfold.report import FoldReport
 
@@ -107,13 +108,15 @@ def fold_onnx(
     if progress is not None:
         progress("fold")
     report = run_pipeline(ir_model, options)
+    if source_path is not None:
+        validate.check_deferred_weights(ir_model, str(source_path))
     return OnnxFoldResult(ir_model, report, kind, source_path)
 
 
 def _to_ir(model: Any) -> tuple[ir.Model, str, Path | None]:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        loaded = io.load_model(path)
+        loaded = io.load_model(path, defer_weight_scan=True)
         loaded.graph.meta[SHAPES_INFERRED] = True
         return loaded, "path", path
     if isinstance(model, bytes):

@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 _QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
 QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-_FINITE = "bnfold.finite"  # tensor meta: scanned, no NaN/Inf
+FINITE_MARK = "bnfold.finite"  # tensor meta: scanned, no NaN/Inf
 
 
 def is_onnx_op(node: ir.Node, op_type: str | tuple[str, ...]) -> bool:
@@ -63,13 +63,13 @@ def mark_finite(value: ir.Value | None) -> None:
     tensors), so it cannot go stale; a value given a new tensor loses it.
     """
     if value is not None and value.const_value is not None:
-        value.const_value.meta[_FINITE] = True
+        value.const_value.meta[FINITE_MARK] = True
 
 
 def known_finite(value: ir.Value | None) -> bool:
     """True when ``value``'s tensor was already scanned and holds no NaN/Inf."""
     tensor = value.const_value if value is not None else None
-    return tensor is not None and bool(tensor.meta.get(_FINITE))
+    return tensor is not None and bool(tensor.meta.get(FINITE_MARK))
 
 
 def is_constant(value: ir.Value | None, *, allow_graph_inputs: bool = False) -> bool:

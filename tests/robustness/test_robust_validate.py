@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support.robust_corpus import bn_arrays, good_model, save
+from support.robust_corpus import C_IN, C_OUT, bn_arrays, good_model, save
 
 import bnfold
+from bnfold import foldmath
 from bnfold.errors import ModelLoadError
 from bnfold.onnx.io import validate
 
@@ -158,3 +159,50 @@ def test_regression_short_raw_data_is_refused_on_load(tmp_path: Path, cut: int) 
     weight.raw_data = weight.raw_data[:-cut]
     with pytest.raises(ModelLoadError, match=f"'W' holds {need - cut} bytes .* needs {need}"):
         fold_path(model, tmp_path)
+
+
+def _inf_weight_model() -> onnx.ModelProto:
+    w = np.random.default_rng(4).normal(0, 0.3, (C_OUT, C_IN, 3, 3))
+    w[2, 1, 0, 0] = np.inf
+    return good_model(weight=w)
+
+
+def test_regression_folded_conv_weight_was_scanned_for_nan_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading scanned every linear-layer weight for NaN/Inf and the fold then read it
+    again; a weight that folds is now read once, by the fold (issue 18: fold cost)."""
+    scanned: list[tuple[int, ...]] = []
+    count, finite = validate._count_non_finite, foldmath.all_finite
+
+    def spy_count(arr: np.ndarray) -> int:
+        scanned.append(arr.shape)
+        return count(arr)
+
+    def spy_finite(arr: np.ndarray) -> bool:
+        scanned.append(arr.shape)
+        return finite(arr)
+
+    monkeypatch.setattr(validate, "_count_non_finite", spy_count)
+    monkeypatch.setattr(foldmath, "all_finite", spy_finite)
+    assert counts(fold_path(good_model(), tmp_path))["folded"] == 1
+    assert (C_OUT, C_IN, 3, 3) not in scanned
+
+
+def test_nan_weight_before_batchnorm_is_still_refused_with_its_name(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"Conv 'conv' input 'W' has 1 NaN/Inf"):
+        fold_path(_inf_weight_model(), tmp_path)
+
+
+def test_nan_weight_left_unfolded_is_refused_after_the_fold(tmp_path: Path) -> None:
+    """The deferred scan covers the weights no fold rewrote (here: BN kept by request)."""
+    path = save(_inf_weight_model(), tmp_path / "m.onnx")
+    with pytest.raises(ModelLoadError, match=r"Conv 'conv' input 'W' has 1 NaN/Inf"):
+        bnfold.fold(path, keep="bn")
+
+
+def test_nan_weight_in_memory_model_is_left_with_its_reason() -> None:
+    """In-memory models are not validated at load: the fold's own reason names the cause."""
+    result = bnfold.fold(_inf_weight_model())
+    assert counts(result)["folded"] == 0
+    assert "Conv weight contains NaN or Inf" in result.report.describe()

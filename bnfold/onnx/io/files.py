@@ -26,10 +26,13 @@ PROTOBUF_LIMIT = 2 * 1024**3
 EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 1024**2  # leave room for the graph itself
 
 
-def load_model(path: str | os.PathLike[str]) -> ir.Model:
+def load_model(path: str | os.PathLike[str], *, defer_weight_scan: bool = False) -> ir.Model:
     """Load a model file into onnx-ir with external data memory-mapped.
 
     Raises ModelLoadError / ExternalDataError with a one-line message for any bad file.
+    ``defer_weight_scan``: leave the NaN/Inf scan of linear-layer weights to
+    ``validate.check_deferred_weights`` (a fold proves the weights it rewrites finite, so
+    only those left unfolded need the scan).
     """
     path = Path(path)
     if not path.exists():
@@ -43,22 +46,24 @@ def load_model(path: str | os.PathLike[str]) -> ir.Model:
     if size == 0:
         raise ModelLoadError(f"{path}: file is empty")
     mapped_model = mapped.read_mapped(path)
-    proto = load_proto(path, mapped_model.proto if mapped_model else None)
+    proto, external = load_proto(path, mapped_model.proto if mapped_model else None)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as err:
         raise ModelLoadError(f"{path}: model structure is invalid ({_one_line(err)})") from err
     if mapped_model is not None:
         mapped.attach(model, mapped_model.weights)
-    ir.external_data.set_base_dir(model.graph, str(path.parent))
-    validate.validate_model(model, str(path))
+    if external:  # a walk over every tensor: only worth it when some data is elsewhere
+        ir.external_data.set_base_dir(model.graph, str(path.parent))
+    validate.validate_model(model, str(path), defer_weight_scan=defer_weight_scan)
     return model
 
 
-def load_proto(path: Path, parsed: onnx.ModelProto | None = None) -> onnx.ModelProto:
+def load_proto(path: Path, parsed: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, bool]:
     """Parse the protobuf (no external data) and run the structural ONNX checker.
 
-    ``parsed``: the file already parsed (e.g. with its weights memory-mapped).
+    ``parsed``: the file already parsed (e.g. with its weights memory-mapped). Returns the
+    proto and whether any of its tensors keeps its data in an external file.
     """
     try:
         proto = parsed if parsed is not None else onnx.load(str(path), load_external_data=False)
@@ -68,10 +73,11 @@ def load_proto(path: Path, parsed: onnx.ModelProto | None = None) -> onnx.ModelP
         raise ModelLoadError(f"{path}: {_not_onnx(path, err)}") from err
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and not proto.graph.output):
         raise ModelLoadError(f"{path}: {_not_onnx(path, None)}")
-    validate.validate_proto(proto, str(path))
-    check_external_data(proto, path.parent, str(path))
+    tensors = list(_all_tensors(proto))
+    validate.validate_proto(proto, str(path), tensors)
+    check_external_data(proto, path.parent, str(path), tensors)
     proto.graph.value_info.extend(check_proto(proto, str(path)))  # our own copy
-    return proto
+    return proto, any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
 
 
 def _not_onnx(path: Path, err: BaseException | None) -> str:
@@ -96,13 +102,19 @@ def check_proto(proto: onnx.ModelProto, label: str) -> list[onnx.ValueInfoProto]
         raise ModelLoadError(f"{label}: fails the ONNX checker: {_one_line(err)}") from err
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: Path, label: str = "model") -> None:
+def check_external_data(
+    proto: onnx.ModelProto,
+    base_dir: Path,
+    label: str = "model",
+    tensors: list[onnx.TensorProto] | None = None,
+) -> None:
     """Refuse external data that is missing, truncated, or outside the model's folder.
 
     Escaping locations are refused from their text and resolved path alone: never opened.
+    ``tensors``: every tensor of ``proto``, when the caller already listed them.
     """
     base = base_dir.resolve()
-    for tensor in _all_tensors(proto):
+    for tensor in _all_tensors(proto) if tensors is None else tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from bnfold import foldmath
 from bnfold.errors import ModelLoadError
+from bnfold.onnx.constants import FINITE_MARK as _FINITE_MARK
 from bnfold.onnx.constants import constant_array, is_onnx_op, mark_finite
 from bnfold.onnx.walk import all_nodes
 
@@ -32,22 +33,32 @@ RUNTIME_DOMAINS = frozenset(
 _BN_PARAMS = ("scale", "bias", "mean", "var")
 _WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1)}
 _CHUNK = 1 << 24  # elements per NaN scan step: bounded temporaries for huge weights
+_UNSCANNED = "bnfold.unscanned"  # tensor meta: NaN/Inf scan deferred to after the fold
 
 
 # -- structure (protobuf, before deserialisation) -------------------------------------
-def validate_proto(proto: onnx.ModelProto, label: str) -> None:
-    """Opsets and domains are known; every name a node reads is defined somewhere."""
+def validate_proto(
+    proto: onnx.ModelProto, label: str, tensors: list[onnx.TensorProto] | None = None
+) -> None:
+    """Opsets and domains are known; every name a node reads is defined somewhere.
+
+    ``tensors``: every tensor of ``proto``, when the caller already listed them.
+    """
     check_opsets(proto, label)
     check_defined_names(proto.graph, label)
-    check_tensor_sizes(proto, label)
+    check_tensor_sizes(proto, label, tensors)
 
 
-def check_tensor_sizes(proto: onnx.ModelProto, label: str) -> None:
+def check_tensor_sizes(
+    proto: onnx.ModelProto, label: str, tensors: list[onnx.TensorProto] | None = None
+) -> None:
     """Every inline ``raw_data`` holds exactly the bytes its shape and type need.
 
     The checker does not look, and onnxruntime refuses such a model only when it runs it.
     """
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    if tensors is None:
+        tensors = list(onnx.external_data_helper._get_all_tensors(proto))
+    for tensor in tensors:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
             continue
         need = tensor_bytes(tensor)
@@ -143,13 +154,48 @@ def check_defined_names(
 
 
 # -- values (onnx-ir, weights memory-mapped) -----------------------------------------
-def validate_model(model: ir.Model, label: str) -> None:
-    """BatchNorm parameters are consistent and finite; linear-layer weights are finite."""
+def validate_model(model: ir.Model, label: str, *, defer_weight_scan: bool = False) -> None:
+    """BatchNorm parameters are consistent and finite; linear-layer weights are finite.
+
+    ``defer_weight_scan``: only mark the linear-layer weights; ``check_deferred_weights``
+    scans those still in the model after folding. A fold reads every weight it rewrites
+    and refuses a non-finite result, which a non-finite weight always gives (Inf·0 is
+    NaN), so a folded weight needs no scan of its own: on a convolutional network that is
+    nearly every weight byte, read once instead of twice.
+    """
     for node in _ir_nodes(model):
         if is_onnx_op(node, "BatchNormalization"):
             check_batchnorm(node, label)
         elif is_onnx_op(node, tuple(_WEIGHT_INPUTS)):
+            if defer_weight_scan:
+                _mark_unscanned(node)
+            else:
+                check_weights(node, label)
+
+
+def check_deferred_weights(model: ir.Model, label: str) -> None:
+    """The NaN/Inf scan ``validate_model(defer_weight_scan=True)`` left out, on the weights
+    the model still holds (a folded weight is a new tensor, proven finite by its fold)."""
+    for node in _ir_nodes(model):
+        if is_onnx_op(node, tuple(_WEIGHT_INPUTS)) and _has_unscanned(node):
             check_weights(node, label)
+
+
+def _weight_tensors(node: ir.Node) -> Iterator[ir.TensorProtocol]:
+    for index in _WEIGHT_INPUTS[node.op_type]:
+        value = node.inputs[index] if index < len(node.inputs) else None
+        if value is not None and value.const_value is not None:
+            yield value.const_value
+
+
+def _mark_unscanned(node: ir.Node) -> None:
+    for tensor in _weight_tensors(node):
+        if not tensor.meta.get(_FINITE_MARK):
+            tensor.meta[_UNSCANNED] = True
+
+
+def _has_unscanned(node: ir.Node) -> bool:
+    return any(tensor.meta.get(_UNSCANNED) for tensor in _weight_tensors(node))
 
 
 def check_batchnorm(node: ir.Node, label: str) -> None:
@@ -203,6 +249,7 @@ def check_weights(node: ir.Node, label: str) -> None:
             )
         if value is not None and value.const_value is not None:
             mark_finite(value)  # the folds need not scan it again
+            value.const_value.meta.pop(_UNSCANNED, None)
 
 
 def _check_finite_params(arrays: dict[str, np.ndarray], where: str) -> None:

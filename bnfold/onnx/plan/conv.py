@@ -29,7 +29,8 @@ def fold_output(
 ) -> Plan | str:
     """Plan ``s·Conv(x) + t`` as one Conv."""
     del bias_add  # a Conv carries its own bias
-    w = layer_constant(ctx, layer, 1, "weight")
+    # No NaN scan here: the scaling below reads W anyway and refuses a non-finite result.
+    w = layer_constant(ctx, layer, 1, "weight", scan=False)
     if isinstance(w, str):
         return w
     if w.ndim < 3:
@@ -42,6 +43,8 @@ def fold_output(
         return b
     blocked, reason = foldmath.scale_output_channels_cast(w, s, w.dtype)
     if reason is not None or blocked is None:
+        if not foldmath.all_finite(w):  # the rare path: name the cause, not its effect
+            return "Conv weight contains NaN or Inf"
         return f"weight: {reason}"
     return set_output_fold(ctx, layer, blocked, b, s, t, w.dtype)
 

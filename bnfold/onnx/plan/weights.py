@@ -14,8 +14,14 @@ from bnfold.onnx.context import FoldContext, display_name
 from bnfold.onnx.uses import content_uses
 
 
-def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> np.ndarray | str:
-    """Input ``index`` of ``layer`` as a finite float array, or why it cannot be folded."""
+def layer_constant(
+    ctx: FoldContext, layer: ir.Node, index: int, what: str, *, scan: bool = True
+) -> np.ndarray | str:
+    """Input ``index`` of ``layer`` as a finite float array, or why it cannot be folded.
+
+    ``scan=False`` skips the NaN/Inf scan, for callers whose math refuses non-finite
+    results anyway (the array may then hold NaN/Inf).
+    """
     value = layer.inputs[index] if index < len(layer.inputs) else None
     allow = ctx.options.allow_graph_input_params
     arr = constant_array(value, allow_graph_inputs=allow)
@@ -23,7 +29,7 @@ def layer_constant(ctx: FoldContext, layer: ir.Node, index: int, what: str) -> n
         return why_not_constant(value, f"{layer.op_type} {what}", allow_graph_inputs=allow)
     if not is_float(arr):
         return f"{layer.op_type} {what} has non-float dtype {arr.dtype}"
-    if not known_finite(value) and not foldmath.all_finite(arr):
+    if scan and not known_finite(value) and not foldmath.all_finite(arr):
         return f"{layer.op_type} {what} contains NaN or Inf"
     return arr
 
