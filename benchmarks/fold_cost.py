@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import fold_cost_models as zoo
+import fold_cost_stages as stages
 import fold_cost_timing as timing
 
 logger = logging.getLogger("fold_cost")
@@ -199,6 +200,27 @@ def time_table(timed: dict[tuple[str, str], dict[str, Any]]) -> tuple[list[str],
     return lines, met, total
 
 
+def stage_table(timed: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Markdown rows of the per-stage profile (ms), beside the yardsticks."""
+    head = [*stages.STAGES, "total"]
+    lines = [
+        "| model | exporter | " + " | ".join(head) + " | ort-basic | load+save "
+        "| read + checks + deserialize + save |",
+        "| --- | --- | " + " | ".join("---" for _ in head) + " | --- | --- | --- |",
+    ]
+    for (name, exporter), result in timed.items():
+        got = result.get("stages")
+        if not got:
+            continue
+        med = {k: statistics.median(v) for k, v in result["seconds"].items()}
+        floor = sum(got[k] for k in ("read", "checks", "deserialize", "save"))
+        cells = [f"{1000 * got[k]:.0f}" for k in head]
+        cells += [f"{1000 * med[k]:.0f}" for k in ("ort-basic", "load+save")]
+        cells.append(f"{1000 * floor:.0f}")
+        lines.append(f"| {name} | {exporter} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def memory_lines(memory: dict[str, dict[str, Any]]) -> list[str]:
     """The memory table (ResNet-50, per exporter) and its target lines."""
     lines = [
@@ -255,6 +277,16 @@ def report(
         "",
         f"- {ok} bnfold fold+save ≤ {TARGET_TIME_RATIO}× ort-basic and ≤ {TARGET_TIME_RATIO}× "
         f"load+save: {met}/{total} (model, exporter, yardstick) cells met.",
+        "",
+        "## Where bnfold's time goes",
+        "",
+        "Milliseconds per stage of `bnfold.fold(path).save(out)`, medians over the same number "
+        "of calls in the same worker, right after the timed rounds (stages timed by wrapping "
+        "the library functions; see `fold_cost_stages.py` for what each stage holds). The last "
+        "column is the part no pass can shrink: reading, the input checks, onnx-ir's "
+        "deserialize and the write.",
+        "",
+        *stage_table(timed),
     ]
     lines += [
         "",

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fold_cost_stages
+
 STEPS = ("bnfold", "ort-basic", "load+save", "io-floor")
 
 
@@ -94,7 +96,9 @@ def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 def main(argv: list[str]) -> int:
     src, outdir, repeat = Path(argv[0]), Path(argv[1]), int(argv[2])
-    print(json.dumps(time_model(src, outdir, repeat)))
+    result = time_model(src, outdir, repeat)
+    result["stages"] = fold_cost_stages.profile(src, outdir / "fold_cost_stages.onnx", repeat)
+    print(json.dumps(result))
     return 0
 
 
