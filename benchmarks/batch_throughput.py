@@ -12,8 +12,10 @@ Models: ``timm`` — 24 small timm architectures with random BN statistics, expo
 ``bnfold.testing.zoo`` models (0.1–0.4 MB each: start-up dominates). Exported once into
 ``--cache`` (default ``~/.cache/bnfold-batchbench``). Each round runs the whole command
 once per ``-j`` value, interleaved in a rotating order; throughput is models per second
-of wall time, the ratio is the median of the per-round ratios. The load average before
-and after is printed and written to ``benchmarks/results/batch_throughput.md``.
+of wall time, the ratio is the median of the per-round ratios. The CPU time of each run
+(user + sys of the whole process tree) gives how many cores it kept busy; ``-j N`` can gain
+at most cores ÷ (cores busy at ``-j 1``) over ``-j 1``, printed as the ceiling. The load
+average before and after is printed and written to ``benchmarks/results/batch_throughput.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,18 +71,22 @@ def export_zoo(folder: Path) -> None:
                 export_onnx(model, inputs, path, exporter="dynamo")
 
 
-def run_batch(folder: Path, jobs: int, out: Path) -> tuple[float, str]:
-    """Wall seconds of one ``bnfold FOLDER -j N -o OUT`` and its summary's count line."""
+def run_batch(folder: Path, jobs: int, out: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one ``bnfold FOLDER -j N -o OUT``, and its summary's count
+    line (CPU: user + sys of the command and its worker processes)."""
     shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [BNFOLD, str(folder), "-j", str(jobs), "-o", str(out)], capture_output=True, text=True
     )
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in (0, 2):  # 2: a model onnxruntime cannot run (same in every run)
         raise SystemExit(f"-j {jobs} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     counts = next((ln for ln in proc.stdout.splitlines() if " models: " in ln), "").strip()
-    return wall, counts
+    return wall, cpu, counts
 
 
 def load() -> str:
@@ -101,15 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [int(j) for j in args.jobs.split(",")]
     before = load()
     walls: dict[int, list[float]] = {j: [] for j in jobs}
+    cpus: dict[int, list[float]] = {j: [] for j in jobs}
     counts = ""
     with tempfile.TemporaryDirectory(prefix="bnfold-batch-") as tmp:
         run_batch(folder, jobs[0], Path(tmp) / "warm")  # page cache, imports
         for r in range(args.rounds):
             order = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
             for j in order:
-                wall, counts = run_batch(folder, j, Path(tmp) / f"j{j}")
+                wall, cpu, counts = run_batch(folder, j, Path(tmp) / f"j{j}")
                 walls[j].append(wall)
-                print(f"round {r + 1}: -j {j}: {wall:.2f} s", flush=True)
+                cpus[j].append(cpu)
+                print(f"round {r + 1}: -j {j}: {wall:.2f} s, CPU {cpu:.2f} s", flush=True)
     after = load()
     base = jobs[0]
     lines = [
@@ -122,16 +131,33 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Summary of each run: {counts}",
         "",
-        f"| -j | wall (s, median) | models/s | throughput vs -j {base} | target ≥ {TARGET}× |",
-        "| --- | --- | --- | --- | --- |",
+        f"| -j | wall (s, median) | CPU (s, median) | cores busy | models/s "
+        f"| throughput vs -j {base} | target ≥ {TARGET}× |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    cores = len(os.sched_getaffinity(0))
+    busy = {
+        j: statistics.median(c / w for c, w in zip(cpus[j], walls[j], strict=True)) for j in jobs
+    }
     for j in jobs:
-        med = statistics.median(walls[j])
+        med, cpu = statistics.median(walls[j]), statistics.median(cpus[j])
         ratio = statistics.median(b / w for b, w in zip(walls[base], walls[j], strict=True))
         ok = "" if j == base else ("✓" if ratio >= TARGET else "✗")
-        lines.append(f"| {j} | {med:.2f} | {count / med:.2f} | {ratio:.2f}× | {ok} |")
-        print(f"-j {j}: {med:.2f} s, {count / med:.2f} models/s, {ratio:.2f}× {ok}")
-    lines += ["", f"Rounds: {args.rounds}, both settings run back to back in each round.", ""]
+        lines.append(
+            f"| {j} | {med:.2f} | {cpu:.2f} | {busy[j]:.2f} | {count / med:.2f} "
+            f"| {ratio:.2f}× | {ok} |"
+        )
+        print(f"-j {j}: {med:.2f} s, {busy[j]:.2f} cores busy, {ratio:.2f}× {ok}")
+    ceiling = cores / busy[base]
+    lines += [
+        "",
+        f"Ceiling: `-j {base}` already keeps {busy[base]:.2f} of {cores} cores busy, so no "
+        f"setting can gain more than {ceiling:.2f}× over it on this machine (cores ÷ cores "
+        f"busy at -j {base}), whatever the scheduling.",
+        "",
+        f"Rounds: {args.rounds}, both settings run back to back in each round.",
+        "",
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"load average before {before}, after {after}; wrote {args.out}")
