@@ -337,10 +337,11 @@ def _false_line(r: dict[str, Any]) -> str:
 
 
 def _floors(b: dict[str, Any]) -> str:
-    """bnfold's own figures per output: max |Δ|, noise floor and threshold."""
+    """bnfold's own figures per output: max |Δ|, noise floor (— when bnfold did not need
+    it: every output within its fixed tolerance) and threshold."""
     cells = [
-        f"{o['name']}: max |Δ| {o.get('max_abs')}, floor {o.get('floor')}, "
-        f"threshold {o.get('threshold')}"
+        f"{o['name']}: max |Δ| {o.get('max_abs')}, floor "
+        f"{'—' if o.get('floor') is None else o['floor']}, threshold {o.get('threshold')}"
         for o in b.get("outputs") or []
     ]
     return "; bnfold: " + "; ".join(cells) if cells else ""

@@ -10,6 +10,10 @@ by 1–2 eps and its weights by 1 eps (relative), pooled over every input set. I
 bool outputs must match exactly, and NaN/Inf must sit at the same places, except that up
 to ``floor_factor`` times the number of elements that flip in the perturbed reference may
 differ (near-ties in an ArgMax, values at the edge of overflow).
+
+A floor only ever loosens the rule, so an output that passes with no floor at all
+(:func:`fails_without_floor` is False) passes whatever the floor is: the floor is
+measured only when some output fails without it.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class Metrics:
     exact: bool = False  # integer/bool output: mismatches is judged, not max_abs
     comparable: bool = True  # False when the two outputs differ in shape or dtype
     note: str = ""
-    floor: float = 0.0  # float outputs: Floor.max_abs; exact outputs: Floor.flips
+    floor: float | None = 0.0  # float: Floor.max_abs; exact: Floor.flips; None: not measured
     threshold: float = 0.0  # what max_abs (or mismatches) must not exceed
     passed: bool = False
 
@@ -162,20 +166,34 @@ def measure(ref: np.ndarray, cand: np.ndarray, tolerance: Tolerance, seed: int) 
     )
 
 
-def judge(runs: Iterable[Metrics], floor: Floor, floor_factor: float) -> None:
-    """Set floor, threshold and verdict on each run of one output."""
-    allowed_flips = floor_factor * floor.flips
+def judge(runs: Iterable[Metrics], floor: Floor | None, floor_factor: float) -> None:
+    """Set floor, threshold and verdict on each run of one output.
+
+    ``floor`` None: not measured; judged as with a zero floor, ``Metrics.floor`` None.
+    """
+    used = Floor() if floor is None else floor
+    factor = 0.0 if floor is None else floor_factor  # no 0·inf
+    allowed_flips = factor * used.flips
     for m in runs:
         if not m.comparable:
-            m.floor, m.threshold, m.passed = floor.max_abs, 0.0, False
+            m.floor, m.threshold, m.passed = used.max_abs, 0.0, False
         elif m.exact:
-            m.floor = float(floor.flips)
+            m.floor = float(used.flips)
             m.threshold = allowed_flips
             m.passed = m.mismatches <= allowed_flips
         else:
-            m.floor = floor.max_abs
-            m.threshold = max(m.tolerance, floor_factor * floor.max_abs)
+            m.floor = used.max_abs
+            m.threshold = max(m.tolerance, factor * used.max_abs)
             m.passed = m.mismatches <= allowed_flips and m.max_abs <= m.threshold
+        if floor is None:
+            m.floor = None
+
+
+def fails_without_floor(m: Metrics) -> bool:
+    """True when ``m`` fails the rule with a zero floor: only then can a floor change it."""
+    alone = dataclasses.replace(m)
+    judge([alone], Floor(), floor_factor=0.0)
+    return not alone.passed
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,6 +9,10 @@ from typing import Any
 from bnfold.equivalence.compare import Metrics
 
 SCHEMA_VERSION = 1
+FLOOR_NOTES = {  # the report's line on a noise floor that was not measured
+    "not needed": "noise floor: not needed (every output within its fixed tolerance)",
+    "off": "noise floor: not measured (perturbations=0): fixed tolerances only",
+}
 
 
 @dataclasses.dataclass
@@ -60,8 +64,8 @@ class OutputComparison:
         return min(m.cosine for m in self.runs)
 
     @property
-    def floor(self) -> float:
-        """The reference's noise floor (pooled over input sets)."""
+    def floor(self) -> float | None:
+        """The reference's noise floor (pooled over input sets); None when not measured."""
         return self.worst.floor
 
     @property
@@ -86,7 +90,7 @@ class OutputComparison:
             "max_rel": _num(self.max_rel),
             "mean_abs": _num(self.mean_abs),
             "cosine": _num(self.cosine),
-            "floor": _num(self.floor),
+            "floor": _opt(self.floor),
             "tolerance": _num(self.tolerance),
             "threshold": _num(self.threshold),
             "rtol": self.rtol,
@@ -111,6 +115,8 @@ class VerifyResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     shape_search: dict[str, Any] | None = None  # the attempts, when default shapes failed
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    noise_floor: str = "measured"  # or "not needed" (every output within its fixed
+    # tolerance, so no floor could change a verdict) or "off" (perturbations=0)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -160,11 +166,14 @@ class VerifyResult:
             verdict = "pass" if o.passed else f"FAIL (seeds {o.failed_seeds})"
             if w.note:
                 verdict += f": {w.note}"
+            floor = "—" if w.floor is None else f"{w.floor:.3g}"
             lines.append(
                 f"  {_short(o.label, 24):<24} {o.max_abs:>10.3g} {o.max_rel:>10.3g} "
-                f"{o.mean_abs:>10.3g} {o.cosine:>10.7f} {w.floor:>10.3g} {w.tolerance:>10.3g} "
+                f"{o.mean_abs:>10.3g} {o.cosine:>10.7f} {floor:>10} {w.tolerance:>10.3g} "
                 f"{w.threshold:>10.3g}  {verdict}"
             )
+        if self.noise_floor in FLOOR_NOTES:
+            lines.append(FLOOR_NOTES[self.noise_floor])
         lines.extend(f"warning: {w}" for w in self.warnings)
         lines.append(self.summary())
         return "\n".join(lines)
@@ -182,6 +191,7 @@ class VerifyResult:
             "provider": self.provider,
             "seeds": self.seeds,
             "floor_factor": self.floor_factor,
+            "noise_floor": self.noise_floor,
             "inputs": self.inputs,
             "defaulted_dims": self.defaulted_dims,
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
@@ -201,7 +211,7 @@ def _run_dict(m: Metrics) -> dict[str, Any]:
         "mean_abs": _num(m.mean_abs),
         "cosine": _num(m.cosine),
         "ref_max": _num(m.ref_max),
-        "floor": _num(m.floor),
+        "floor": _opt(m.floor),
         "tolerance": _num(m.tolerance),
         "threshold": _num(m.threshold),
         "mismatches": m.mismatches,
@@ -212,6 +222,11 @@ def _run_dict(m: Metrics) -> dict[str, Any]:
 def _num(x: float) -> float | str:
     """JSON has no Infinity/NaN: write those as strings."""
     return x if math.isfinite(x) else str(x)
+
+
+def _opt(x: float | None) -> float | str | None:
+    """``_num``, with None (not measured) as null."""
+    return None if x is None else _num(x)
 
 
 def _short(text: str, width: int) -> str:
