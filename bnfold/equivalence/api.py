@@ -35,6 +35,7 @@ def verify(
     floor_factor: float | None = None,
     perturbations: int | None = None,
     probes: bool = True,
+    measure_floor: bool = False,
 ) -> VerifyResult:
     """Compare two ONNX models output by output on the same inputs.
 
@@ -55,6 +56,10 @@ def verify(
             with under 64 elements); 0 disables the noise floor.
         probes: also compare the input of a Sigmoid/Softmax/Relu/ArgMax/… that ends an
             output in both models (saturation hides bugs); see bnfold.equivalence.probes.
+        measure_floor: measure the noise floor even when every output is within its
+            fixed tolerance. By default it is measured only when some output is not
+            (a floor only loosens the rule, so it cannot change such a verdict); the
+            result then shows no floor (``None``, ``noise_floor == "not needed"``).
     """
     if (floor_factor is not None and not floor_factor >= 0) or (
         perturbations is not None and perturbations < 0
@@ -72,6 +77,7 @@ def verify(
         provider=provider,
         perturbations=perturbations,
         probes=probes,
+        measure_floor=measure_floor,
         sink=judge,  # each input set is judged as it comes: its arrays are not kept
     )
     result = judge.result(run)

@@ -1,13 +1,16 @@
 """The judge phase of a comparison: outputs of a run → a :class:`VerifyResult`.
 
 Per output and input set: metrics against a fixed tolerance; per output: the reference's
-noise floor pooled over every set's perturbed runs; then the pass/fail rule of
-:mod:`bnfold.equivalence.compare`.
+noise floor pooled over every set's perturbed runs, when it was measured (only when some
+output fails its fixed tolerance, unless asked for: a floor only loosens the rule); then
+the pass/fail rule of :mod:`bnfold.equivalence.compare`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from bnfold.equivalence import compare as cmp
 from bnfold.equivalence.result import OutputComparison, VerifyResult
@@ -36,6 +39,7 @@ class Judge:
         self.tolerances: dict[str, cmp.Tolerance] = {}
         self.runs: dict[str, list[cmp.Metrics]] = {}
         self.floors: dict[str, cmp.Floor] = {}
+        self._needs_floor = False
 
     def start(self, outputs: Sequence[TensorSpec]) -> None:
         """Fix each output's tolerance; unknown names in ``output_tolerances`` are refused."""
@@ -49,19 +53,36 @@ class Judge:
             del self.runs[name], self.floors[name]
         for name, metrics in self.runs.items():
             ref, cand = run.reference[name], run.candidate[name]
-            metrics.append(cmp.measure(ref, cand, self.tolerances[name], run.seed))
-        for moved in run.perturbed:
+            measured = cmp.measure(ref, cand, self.tolerances[name], run.seed)
+            metrics.append(measured)
+            self._needs_floor = self._needs_floor or cmp.fails_without_floor(measured)
+        self.add_floor(run.reference, run.perturbed)
+
+    def needs_floor(self) -> bool:
+        """True once an output failed without a floor (only then may the floor matter)."""
+        return self._needs_floor
+
+    def add_floor(
+        self, reference: Mapping[str, np.ndarray], perturbed: Sequence[Mapping[str, np.ndarray]]
+    ) -> None:
+        """Pool one input set's perturbed reference runs into each output's floor."""
+        for moved in perturbed:
             for name, floor in self.floors.items():
-                contribution = cmp.floor_contribution(run.reference[name], moved[name])
+                contribution = cmp.floor_contribution(reference[name], moved[name])
                 self.floors[name] = floor.merge(contribution)
 
     def result(self, run: PairRun) -> VerifyResult:
-        """Judge every output against its tolerance and floor."""
+        """Judge every output against its tolerance and, when measured, its floor."""
         warnings = list(run.warnings)
+        measured = run.floor_measured
         for name, metrics in self.runs.items():
-            cmp.judge(metrics, self.floors[name], self.factor)
-            warnings += _blind_warning(run.probe_labels.get(name, name), metrics, self.factor)
+            cmp.judge(metrics, self.floors[name] if measured else None, self.factor)
+            if measured:
+                label = run.probe_labels.get(name, name)
+                warnings += _blind_warning(label, metrics, self.factor)
         found = run.shape_search
+        unmeasured = "off" if self._needs_floor else "not needed"
+        noise_floor = "measured" if measured else unmeasured
         return VerifyResult(
             reference=run.reference,
             candidate=run.candidate,
@@ -86,6 +107,7 @@ class Judge:
             warnings=warnings,
             shape_search=found.to_dict() if found.searched else None,
             input_shapes=run.input_shapes,
+            noise_floor=noise_floor,
         )
 
 
@@ -93,7 +115,7 @@ def _blind_warning(label: str, metrics: Sequence[cmp.Metrics], factor: float) ->
     """A passing float output whose own noise would let a 0.1 % error through."""
     floats = [m for m in metrics if m.passed and not m.exact and m.ref_max > 0]
     worst = max(floats, key=lambda m: m.threshold / m.ref_max, default=None)
-    if worst is None or not cmp.blind(worst.floor, worst.ref_max, factor):
+    if worst is None or worst.floor is None or not cmp.blind(worst.floor, worst.ref_max, factor):
         return []
     return [
         f"{label}: the original's own rounding noise (floor {worst.floor:.3g}, max|ref| "

@@ -49,11 +49,6 @@ class OpenPair:
     def warnings(self) -> list[str]:
         return self.reference.warnings
 
-    @property
-    def noisy(self) -> ModelRunner | None:
-        """The reference with jittered weights (waits for it), or None."""
-        return self.reference.noisy
-
 
 def open_pair(
     stack: contextlib.ExitStack, reference: OpenReference, candidate: ModelLike

@@ -1,7 +1,8 @@
 """``verify`` in two halves: start the reference now, give the candidate later.
 
-The reference's half of a comparison (open it, build its jittered copy, find input sizes,
-run every input set and its noise-floor runs) needs no candidate. ``fold_file`` starts it
+The reference's half of a comparison (open it, find input sizes, run every input set;
+with ``measure_floor`` also build its jittered copy and make the noise-floor runs, which
+are otherwise made only once a verdict needs them) needs no candidate. ``fold_file`` starts it
 in a background thread before folding, so it runs on the core the fold leaves free;
 ``verify(candidate)`` then only adds the candidate's session and runs. The verdict is the
 one ``bnfold.verify(reference, candidate)`` gives: the same inputs, runs and rule.
@@ -50,12 +51,14 @@ class PendingVerification:
         provider: str = "cpu",
         perturbations: int | None = None,
         probes: bool = True,
+        measure_floor: bool = False,
         only_matching_inputs: bool = False,
     ) -> None:
         self._args: dict[str, Any] = {
             "provider": provider,
             "perturbations": perturbations,
             "probes": probes,
+            "measure_floor": measure_floor,
         }
         self._inputs, self._shapes = inputs, dict(shapes or {})
         self._seeds = seed_list(seeds)
@@ -101,6 +104,7 @@ class PendingVerification:
                 perturbations=self._args["perturbations"],
                 sink=judge,
                 ahead=self._runs,
+                measure_floor=self._args["measure_floor"],
             )
             return judge.result(run)
         finally:
@@ -129,7 +133,12 @@ class PendingVerification:
             if self._only_matching:
                 self._limit_to({s.name for s in specs})
             plan = plan_inputs(self._ref, specs, self._inputs, self._seeds, self._shapes)
-            self._runs = ReferenceRuns(self._ref, plan, self._args["perturbations"])
+            self._runs = ReferenceRuns(
+                self._ref,
+                plan,
+                self._args["perturbations"],
+                measure_floor=self._args["measure_floor"],
+            )
         except BaseException as err:  # re-raised by verify() in the caller's thread
             self._error = err
             return

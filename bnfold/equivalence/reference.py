@@ -1,10 +1,15 @@
 """The reference's half of a comparison, which needs no candidate.
 
 Open the reference (with every probe it offers; the candidate later keeps those it
-shares), build its jittered copy, choose the input sets (shape search) and run the
-reference on each set with its perturbed runs (the noise floor). Kept apart from the
-candidate so that it can run while the candidate is still being made:
+shares), choose the input sets (shape search) and run the reference on each set. Kept
+apart from the candidate so that it can run while the candidate is still being made:
 ``fold_file`` starts it before folding (:mod:`bnfold.equivalence.pending`).
+
+The noise floor (a jittered copy of the reference and perturbed runs of every set) is a
+separate step, :meth:`ReferenceRuns.floor_runs`: a verdict needs it only when some
+output fails its fixed tolerance, so the jittered copy is built on first use, unless
+``measure_floor`` asks for it up front (it then builds beside the first runs, and the
+perturbed runs of a set follow its reference run, ahead of the candidate too).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from bnfold.equivalence.source import (
 from bnfold.errors import ModelLoadError, VerificationError
 
 SESSIONS = 3  # reference, candidate, jittered reference
+ON_DEMAND_SESSIONS = 2  # reference, candidate; the jittered one runs only when needed
 LARGE_WARNING = (
     "model over 1 GiB: output probes and weight jitter skipped (they need whole-model "
     "copies); noise floor from input perturbation only"
@@ -55,18 +61,30 @@ class OpenReference:
     pool: concurrent.futures.Executor
     large: bool
     warnings: list[str] = dataclasses.field(default_factory=list)
+    jitter_src: ModelSource | None = None  # what the jittered copy is made of; None: no jitter
     _noisy: concurrent.futures.Future[tuple[ModelRunner | None, str | None]] | None = None
     _noisy_seen: bool = False
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def noisy(self) -> ModelRunner | None:
-        """The reference with jittered weights (noise floor), or None; waits for it."""
+    def start_jitter(self) -> None:
+        """Start building the jittered reference in the pool (once; nothing without jitter)."""
+        with self._lock:
+            if self._noisy is None and self.jitter_src is not None:
+                self._noisy = self.pool.submit(
+                    _floor_runner, self.jitter_src, self.provider, self.plan.intra_op
+                )
+
+    def jittered(self) -> ModelRunner | None:
+        """The reference with jittered weights (noise floor), or None; builds it on first
+        call and waits for it."""
+        self.start_jitter()
         if self._noisy is None:
             return None
         runner, warning = self._noisy.result()
-        if warning is not None and not self._noisy_seen:
-            self.warnings.append(warning)
-        self._noisy_seen = True
+        with self._lock:
+            if warning is not None and not self._noisy_seen:
+                self.warnings.append(warning)
+            self._noisy_seen = True
         return runner
 
 
@@ -77,22 +95,27 @@ def open_reference(
     provider: str,
     probes: bool,
     perturbations: int | None,
+    measure_floor: bool = False,
 ) -> OpenReference:
-    """Open the reference (ORT_DISABLE_ALL); its jittered copy builds in the pool."""
+    """Open the reference (ORT_DISABLE_ALL); with ``measure_floor`` its jittered copy
+    starts building in the pool now, otherwise on first use."""
     src = stack.enter_context(open_model(reference, "reference"))
     large = src.approx_bytes() > IN_MEMORY_LIMIT
     offered = {} if large or not probes else find_probes(src.graph_proto())
     named = {p.name: p for p in offered.values()}
     probed = stack.enter_context(probed_source(src, list(named.values())))
-    plan = threads.plan(SESSIONS)
+    plan = threads.plan(SESSIONS if measure_floor else ON_DEMAND_SESSIONS)
     # Entered after the sources: closing the stack waits for the pool before removing them.
     pool = stack.enter_context(threads.worker_pool(plan.workers))
+    jitter_src = probed if not large and perturbations != 0 else None
     noisy = None
-    if not large and perturbations != 0:
-        noisy = pool.submit(_floor_runner, probed, provider, plan.intra_op)
+    if measure_floor and jitter_src is not None:  # builds beside the reference's session
+        noisy = pool.submit(_floor_runner, jitter_src, provider, plan.intra_op)
     runner = ModelRunner(probed, provider, plan.intra_op)
     warnings = [LARGE_WARNING] if large else []
-    return OpenReference(src, runner, named, provider, plan, pool, large, warnings, noisy)
+    return OpenReference(
+        src, runner, named, provider, plan, pool, large, warnings, jitter_src, noisy
+    )
 
 
 @contextlib.contextmanager
@@ -178,11 +201,17 @@ def plan_inputs(
     return InputPlan(list(specs), sets, found, described, first_shapes, defaulted)
 
 
-def run_reference_set(ref: OpenReference, one: ReferenceSet, perturbations: int | None) -> None:
-    """Run the reference on ``one`` (unless the shape search did), then its perturbed runs."""
+def run_reference_set(ref: OpenReference, one: ReferenceSet) -> None:
+    """Run the reference on ``one`` unless the shape search did."""
     if one.outputs is None:
         one.outputs = ref.pool.submit(run_noted, ref.runner, one.feeds, one.defaulted).result()
-    noisy = ref.noisy
+
+
+def run_floor_set(ref: OpenReference, one: ReferenceSet, perturbations: int | None) -> None:
+    """The perturbed runs of ``one`` (after its reference run), on the jittered reference
+    when there is one; they draw from ``one.rng``, so they are the same whenever they run."""
+    assert one.outputs is not None
+    noisy = ref.jittered()
     runner = noisy or ref.runner
     moved = perturbed_feeds(noisy is not None, one.feeds, one.outputs, perturbations, one.rng)
     futures = [ref.pool.submit(runner.run, feeds) for feeds in moved]
@@ -234,14 +263,26 @@ class ReferenceRuns:
 
     ``run_ahead`` (in a background thread, while the candidate is being made) computes
     the sets in order until ``stop()`` or until the outputs it holds pass a budget;
-    ``get(i)`` takes set ``i``, computing it in the calling thread when nobody has
-    claimed it yet.
+    ``get(i)`` takes set ``i``'s reference outputs and ``floor_runs(i)`` its perturbed
+    runs, each computed in the calling thread when nobody has claimed it yet. With
+    ``measure_floor`` a set's perturbed runs follow its reference run (ahead too);
+    otherwise they wait for ``floor_runs``.
     """
 
-    def __init__(self, ref: OpenReference, plan: InputPlan, perturbations: int | None) -> None:
+    def __init__(
+        self,
+        ref: OpenReference,
+        plan: InputPlan,
+        perturbations: int | None,
+        *,
+        measure_floor: bool = False,
+    ) -> None:
         self.ref, self.plan, self.perturbations = ref, plan, perturbations
+        self.measure_floor = measure_floor
         self._done = [concurrent.futures.Future[ReferenceSet]() for _ in plan.sets]
+        self._floors = [concurrent.futures.Future[ReferenceSet]() for _ in plan.sets]
         self._claimed = [False] * len(plan.sets)
+        self._floor_claimed = [False] * len(plan.sets)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -250,25 +291,45 @@ class ReferenceRuns:
         self._stop.set()
 
     def get(self, index: int) -> ReferenceSet:
-        if self._claim(index):
+        """Set ``index`` with its reference outputs."""
+        if self._claim(self._claimed, index):
             self._compute(index)
         return self._done[index].result()
 
-    def _claim(self, index: int) -> bool:
+    def floor_runs(self, index: int) -> list[Outputs]:
+        """The perturbed reference runs of set ``index`` (the noise floor's share of it)."""
+        self.get(index)
+        if self._claim(self._floor_claimed, index):
+            self._compute_floor(index)
+        return self._floors[index].result().perturbed
+
+    def _claim(self, claimed: list[bool], index: int) -> bool:
         with self._lock:
-            if self._claimed[index]:
+            if claimed[index]:
                 return False
-            self._claimed[index] = True
+            claimed[index] = True
             return True
 
     def _compute(self, index: int) -> bool:
         one = self.plan.sets[index]
         try:
-            run_reference_set(self.ref, one, self.perturbations)
+            run_reference_set(self.ref, one)
         except BaseException as err:  # re-raised by get() in the caller's thread
             self._done[index].set_exception(err)
             return False
         self._done[index].set_result(one)
+        if self.measure_floor and self._claim(self._floor_claimed, index):
+            return self._compute_floor(index)
+        return True
+
+    def _compute_floor(self, index: int) -> bool:
+        one = self.plan.sets[index]
+        try:
+            run_floor_set(self.ref, one, self.perturbations)
+        except BaseException as err:  # re-raised by floor_runs() in the caller's thread
+            self._floors[index].set_exception(err)
+            return False
+        self._floors[index].set_result(one)
         return True
 
     def run_ahead(self, budget_bytes: int) -> None:
@@ -277,7 +338,7 @@ class ReferenceRuns:
         for index, one in enumerate(self.plan.sets):
             if self._stop.is_set() or held > budget_bytes:
                 return
-            if self._claim(index):
+            if self._claim(self._claimed, index):
                 if not self._compute(index):
                     return
                 held += one.nbytes()

@@ -21,7 +21,8 @@ def assert_equivalent(reference: Any, candidate: Any, **options: Any) -> VerifyR
     """Verify two ONNX models; raise AssertionError with the full report when they differ.
 
     Options are those of :func:`bnfold.equivalence.api.verify` (``inputs``, ``shapes``,
-    ``seeds``, ``rtol``, ``atol``, ``output_tolerances``, ``provider``, ``floor_factor``).
+    ``seeds``, ``rtol``, ``atol``, ``output_tolerances``, ``provider``, ``floor_factor``,
+    ``measure_floor``).
     Returns the (passing) result.
     """
     __tracebackhide__ = True  # pytest: point at the caller, not at this helper

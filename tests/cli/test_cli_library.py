@@ -37,6 +37,6 @@ def test_run_pair_then_judge_gives_what_verify_gives(tmp_path: Path) -> None:
     assert [s.seed for s in run.sets] == [0, 1]
     assert set(run.sets[0].reference) == set(run.sets[0].candidate) >= {"y"}
     assert run.sets[0].perturbed  # the noise floor's runs are kept for the judge
-    judged, direct = judge(run), verify(path, folded, seeds=2)
+    judged, direct = judge(run), verify(path, folded, seeds=2, measure_floor=True)
     assert judged and direct
     assert judged.to_dict() == direct.to_dict()

@@ -95,8 +95,10 @@ def test_injected_bug_fails(built: dict[str, onnx.ModelProto], name: str, bug: s
 def test_one_channel_off_by_1e3_is_far_above_the_floor(built: dict[str, onnx.ModelProto]) -> None:
     """The noise floor must not swallow a 1e-3 relative error in one output channel."""
     model = built["conv"]
-    good = verify(model, inject.fold_batchnorms(model), seeds=SEEDS).outputs[0]
-    bad = verify(model, inject.fold_batchnorms(model, bug="channel_off"), seeds=SEEDS).outputs[0]
+    folded, broken = inject.fold_batchnorms(model), inject.fold_batchnorms(model, bug="channel_off")
+    good = verify(model, folded, seeds=SEEDS, measure_floor=True).outputs[0]
+    bad = verify(model, broken, seeds=SEEDS).outputs[0]  # it fails, so its floor is measured
+    assert good.floor is not None and bad.floor is not None
     assert bad.floor == good.floor  # the floor belongs to the reference alone
     assert bad.max_abs > 50 * bad.floor
     assert good.max_abs <= 2 * good.floor

@@ -70,9 +70,11 @@ def test_saturation_hides_no_bug_thanks_to_the_probe() -> None:
 def test_integer_only_inputs_use_the_weight_floor() -> None:
     model = vm.embedding_gemm_bn(_rng(14), vocab=10)
     shapes = {"ids": (32,)}
-    result = verify(model, inject.fold_batchnorms(model), seeds=SEEDS, shapes=shapes)
+    folded = inject.fold_batchnorms(model)
+    result = verify(model, folded, seeds=SEEDS, shapes=shapes, measure_floor=True)
     assert result, result.describe()
-    assert result.outputs[0].floor > 0
+    floor = result.outputs[0].floor
+    assert floor is not None and floor > 0
     assert not result.warnings
     broken = inject.fold_batchnorms(model, bug="eps_ignored")
     assert not verify(model, broken, seeds=SEEDS, shapes=shapes)
