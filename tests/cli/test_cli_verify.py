@@ -62,6 +62,20 @@ def test_json(files: dict[str, Path]) -> None:
     assert ok["equivalent"] is True
 
 
+def test_measure_floor(files: dict[str, Path]) -> None:
+    """The floor is null in JSON when no output needed it; --measure-floor gives a number."""
+    lazy = json.loads(_run(files["ref"], files["good"], "--json", "--seeds", 2).stdout)
+    assert lazy["equivalent"] is True and lazy["noise_floor"] == "not needed"
+    assert lazy["outputs"][0]["floor"] is None
+    result = _run(files["ref"], files["good"], "--json", "--seeds", 2, "--measure-floor")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["noise_floor"] == "measured"
+    assert isinstance(data["outputs"][0]["floor"], float) and data["outputs"][0]["floor"] > 0
+    text = _run(files["ref"], files["good"], "--seeds", 2).stdout
+    assert "noise floor: not needed" in text
+
+
 def test_tolerance_options(files: dict[str, Path]) -> None:
     assert _run(files["ref"], files["bad"], "--rtol", "1e-2").exit_code == 0
     assert _run(files["ref"], files["bad"], "--atol", "y=1").exit_code == 0
@@ -104,7 +118,7 @@ def test_help_imports_no_runtime() -> None:
     code = (
         "import sys; from click.testing import CliRunner; from bnfold.cli.main import cli;"
         "r = CliRunner().invoke(cli, ['verify', '--help']); assert r.exit_code == 0, r.output;"
-        "assert '--floor-factor' in r.output;"
+        "assert '--floor-factor' in r.output and '--measure-floor' in r.output;"
         "print(sorted(m for m in ('onnxruntime', 'torch', 'onnx', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
