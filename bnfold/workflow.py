@@ -37,6 +37,7 @@ class FoldFileOptions:
     requantize: bool = False  # fold BN between Q/DQ pairs; judged in output quantization steps
     quantize_bias: bool = False
     seeds: int = 3
+    measure_floor: bool = False  # the noise floor even when no verdict needs it
     provider: str = "cpu"
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     inputs: list[str] = dataclasses.field(default_factory=list)  # .npz files, one set each
@@ -244,6 +245,7 @@ def _start_verification(src: Path, options: FoldFileOptions) -> Any:
     return PendingVerification(
         src,
         seeds=options.seeds,
+        measure_floor=options.measure_floor,
         provider=options.provider,
         shapes=options.shapes or None,
         inputs=list(options.inputs) or None,
@@ -288,6 +290,7 @@ def _verify(
             reference,
             tmp_model,
             seeds=options.seeds,
+            measure_floor=options.measure_floor,
             provider=options.provider,
             shapes=shapes,
             inputs=inputs,

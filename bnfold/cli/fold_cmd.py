@@ -87,6 +87,12 @@ written unless --force); 2 bad input or usage (one-line message).
 )
 @click.option("--seeds", default=3, show_default=True, help="Random input sets for verification.")
 @click.option(
+    "--measure-floor",
+    is_flag=True,
+    help="Measure the original's noise floor even when every output is within its fixed "
+    "tolerance (by default it is measured only when a verdict depends on it).",
+)
+@click.option(
     "--shape",
     "shapes",
     multiple=True,
@@ -135,6 +141,7 @@ def fold(
     in_place: bool,
     trust_pickle: bool,
     seeds: int,
+    measure_floor: bool,
     shapes: tuple[str, ...],
     inputs: tuple[str, ...],
     provider: str,
@@ -173,6 +180,7 @@ def fold(
         requantize=requantize,
         quantize_bias=quantize_bias,
         seeds=seeds,
+        measure_floor=measure_floor,
         provider=provider,
         shapes=dict(parse_shape(s) for s in shapes),
         inputs=list(inputs),

@@ -102,3 +102,15 @@ def test_regression_batch_workers_each_ran_onnxruntime_on_every_core(
     ) as pool:
         budget, omp, intra_op = pool.submit(_worker_view).result()
     assert (budget, omp, intra_op) == (1, "1", 1)
+
+
+def test_measure_floor_flag_measures_what_the_default_leaves_out(tmp_path: Path) -> None:
+    """``bnfold MODEL`` measures the noise floor only when a verdict needs it; with
+    ``--measure-floor`` the JSON carries the figure."""
+    model = _save(1, tmp_path / "m.onnx")
+    plain = json.loads(run(model, "--json", "--force").stdout)["verification"]
+    forced = json.loads(run(model, "--json", "--force", "--measure-floor").stdout)
+    forced = forced["verification"]
+    assert plain["equivalent"] is True and forced["equivalent"] is True
+    assert [o["floor"] for o in plain["outputs"]] == [None] * len(plain["outputs"])
+    assert all(isinstance(o["floor"], float) and o["floor"] > 0 for o in forced["outputs"])
