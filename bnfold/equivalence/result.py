@@ -8,7 +8,7 @@ from typing import Any
 
 from bnfold.equivalence.compare import Metrics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "floor" may be null (not measured), "noise_floor" added
 FLOOR_NOTES = {  # the report's line on a noise floor that was not measured
     "not needed": "noise floor: not needed (every output within its fixed tolerance)",
     "off": "noise floor: not measured (perturbations=0): fixed tolerances only",

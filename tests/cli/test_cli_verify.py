@@ -56,7 +56,7 @@ def test_json(files: dict[str, Path]) -> None:
     result = _run(files["ref"], files["bad"], "--json", "--seeds", 2)
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert data["equivalent"] is False and data["schema_version"] == 1
+    assert data["equivalent"] is False and data["schema_version"] == 2
     assert data["outputs"][0]["failed_seeds"]
     ok = json.loads(_run(files["ref"], files["good"], "--json").stdout)
     assert ok["equivalent"] is True

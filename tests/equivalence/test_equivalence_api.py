@@ -62,7 +62,7 @@ def test_result_value(pair: tuple) -> None:
     for word in ("max_abs", "max_rel", "mean_abs", "cosine", "floor", "threshold", "y"):
         assert word in text
     data = json.loads(json.dumps(ok.to_dict(), allow_nan=False))
-    assert data["schema_version"] == 1 and data["equivalent"] is True
+    assert data["schema_version"] == 2 and data["equivalent"] is True
     assert data["seeds"] == [0, 1]
     out = data["outputs"][0]
     for key in (
