@@ -169,7 +169,7 @@ def _run_pool(tasks: list[Task], workers: int, advance: Progress) -> dict[int, F
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, initializer=_init_worker, initargs=(stop, threads)
     ) as pool:
-        futures = {pool.submit(_fold_unless_stopped, p, o): i for i, (p, o) in enumerate(tasks)}
+        futures = {pool.submit(_fold_unless_stopped, *tasks[i]): i for i in largest_first(tasks)}
         try:
             for fut in concurrent.futures.as_completed(futures):
                 i = futures[fut]
@@ -190,6 +190,19 @@ def _run_pool(tasks: list[Task], workers: int, advance: Progress) -> dict[int, F
         outcomes[i] = _run_isolated(*tasks[i])
         advance(tasks[i][0].name)
     return outcomes
+
+
+def largest_first(tasks: list[Task]) -> list[int]:
+    """Task indices, biggest model file first: the last models to start are then the
+    quick ones, so the workers finish together instead of one folding a big model alone."""
+
+    def size(i: int) -> int:
+        try:
+            return tasks[i][0].stat().st_size
+        except OSError:
+            return 0  # reported by its worker
+
+    return sorted(range(len(tasks)), key=lambda i: (-size(i), i))
 
 
 _STOP: Any = None  # the pool's stop event, inside a worker process

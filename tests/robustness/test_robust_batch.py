@@ -392,3 +392,13 @@ def test_regression_ctrl_c_in_an_idle_worker_printed_a_traceback(tmp_path: Path)
         batch._INTERRUPTED = False
     assert outcome.error == "not folded: the run was interrupted"
     assert not (tmp_path / "queued.folded.onnx").exists()
+
+
+def test_biggest_models_start_first_so_workers_finish_together(tmp_path: Path) -> None:
+    """A big model started last would fold alone at the end while the other worker idles."""
+    sizes = {"a.onnx": 10, "b.onnx": 300, "c.onnx": 20, "d.onnx": 300}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    options = FoldFileOptions()
+    tasks = [(tmp_path / n, options) for n in [*sizes, "gone.onnx"]]
+    assert batch.largest_first(tasks) == [1, 3, 2, 0, 4]  # ties keep their order
