@@ -263,23 +263,17 @@ def fold_layer(
         bias = _addmm_bias(bias, layer.beta, scale.shape[0])
         if isinstance(bias, str):
             return bias
-    if layer.kind == "ConvTranspose":
-        new_w64 = foldmath.scale_conv_transpose_output(w, scale, layer.groups)
-        grouped = foldmath.grouped_conv_transpose(new_w64, layer.groups)
-        original = foldmath.grouped_conv_transpose(w, layer.groups)
-        cast, why = _cast(grouped, weight.dtype, original, foldmath.CONV_TRANSPOSE_AXES)
-        new_w = cast.reshape(w.shape) if not why else cast
-    else:
+    new_b64 = foldmath.fold_output_bias(bias, scale, shift)
+    if layer.kind != "ConvTranspose":
         new_w64 = foldmath.scale_output_channels(w, scale, axis=axis)
-        new_w, why = _cast(new_w64, weight.dtype, w, axis)
+        return cast_layer_fold(program, layer, weight, w, new_w64, new_b64, axis)
+    new_w64 = foldmath.scale_conv_transpose_output(w, scale, layer.groups)
+    grouped = foldmath.grouped_conv_transpose(new_w64, layer.groups)
+    original = foldmath.grouped_conv_transpose(w, layer.groups)
+    cast, why = _cast(grouped, weight.dtype, original, foldmath.CONV_TRANSPOSE_AXES)
     if why:
         return f"{layer.node.name}: {why}"
-    new_b, why = _cast(foldmath.fold_output_bias(bias, scale, shift), weight.dtype, None)
-    if why:
-        return f"{layer.node.name}: {why}"
-    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
-    device = weight.device
-    return LayerFold(layer.node.name, layer.kind, new_w.to(device), new_b.to(device), target)
+    return _with_bias(program, layer, weight, cast.reshape(w.shape), new_b64)
 
 
 def _shape_reason(layer: Layer, w: np.ndarray, channels: int) -> str | None:
@@ -336,10 +330,7 @@ def _plan_concat(
         layer = layer_of(part)
         if isinstance(layer, str):
             return f"concatenated input {part.name}: {layer}"
-        why = _channel_axis_reason(layer, part, int(s.shape[0]))
-        if why:
-            return why
-        fold = fold_layer(program, layer, s, t)
+        fold = _fold_part(program, layer, part, s, t)
         if isinstance(fold, str):
             return fold
         folds.append(fold)
@@ -360,14 +351,47 @@ def _plan_sum(
             return "the BN input comes from add.Tensor, not a convolution or linear layer"
         if len(value_users(term)) != 1 or program.is_user_output(term):  # type: ignore[arg-type]
             return f"the summed term {term.name} has other users"  # type: ignore[union-attr]
-        why = _channel_axis_reason(layer, add, scale.shape[0])
-        if why:
-            return why
-        fold = fold_layer(program, layer, s, t)
+        fold = _fold_part(program, layer, add, s, t)
         if isinstance(fold, str):
             return fold
         folds.append(fold)
     return FoldPlan(bn.node.name, bn.kind, "Add(Conv terms)→BN", folds)
+
+
+def _fold_part(
+    program: Program, layer: Layer, where: fx.Node, s: np.ndarray, t: np.ndarray
+) -> LayerFold | str:
+    """``fold_layer`` for one part of a split BN, once the part's channel axis is proven."""
+    why = _channel_axis_reason(layer, where, int(s.shape[0]))
+    return why if why else fold_layer(program, layer, s, t)
+
+
+def cast_layer_fold(
+    program: Program,
+    layer: Layer,
+    weight: torch.Tensor,
+    w: np.ndarray,
+    new_w64: np.ndarray,
+    new_b64: np.ndarray,
+    out_axis: int,
+) -> LayerFold | str:
+    """Cast the float64 results back (``foldmath``'s refusals) into a LayerFold."""
+    new_w, why = _cast(new_w64, weight.dtype, w, out_axis)
+    if why:
+        return f"{layer.node.name}: {why}"
+    return _with_bias(program, layer, weight, new_w, new_b64)
+
+
+def _with_bias(
+    program: Program, layer: Layer, weight: torch.Tensor, new_w: torch.Tensor, new_b64: np.ndarray
+) -> LayerFold | str:
+    """The LayerFold of a cast weight and its float64 bias, cast back the same way."""
+    new_b, why = _cast(new_b64, weight.dtype, None)
+    if why:
+        return f"{layer.node.name}: {why}"
+    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
+    device = weight.device
+    return LayerFold(layer.node.name, layer.kind, new_w.to(device), new_b.to(device), target)
 
 
 def layer_arrays(

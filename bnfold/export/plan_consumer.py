@@ -24,12 +24,12 @@ from bnfold.export.plan import (
     RESHAPES,
     LayerFold,
     _dims,
+    cast_layer_fold,
     layer_arrays,
     value_users,
 )
 from bnfold.export.program import Layer, Program, layer_of
 from bnfold.torch.fx_graph import permutation
-from bnfold.torch.layers import _cast
 
 aten = torch.ops.aten
 ADAPTIVE_AVERAGES = {
@@ -194,7 +194,7 @@ def _fold_conv_input(
     if why:
         return f"the convolution {why}"
     new_w64, new_b64 = foldmath.fold_conv_input_affine(w, bias, scale, shift, layer.groups)
-    return _layer_fold(program, layer, weight, w, new_w64, new_b64, 0)
+    return cast_layer_fold(program, layer, weight, w, new_w64, new_b64, 0)
 
 
 def _matrix_input(layer: Layer) -> fx.Node:
@@ -217,25 +217,4 @@ def _fold_input(
             return f"the bias of {layer.node.name} is not one value per feature"
         bias = np.broadcast_to(bias.reshape(-1), (out_features,)) * layer.beta
     new_w64, new_b64 = foldmath.fold_matrix_input_affine(w, bias, scale, shift, in_axis)
-    return _layer_fold(program, layer, weight, w, new_w64, new_b64, 1 - in_axis)
-
-
-def _layer_fold(
-    program: Program,
-    layer: Layer,
-    weight: torch.Tensor,
-    w: np.ndarray,
-    new_w64: np.ndarray,
-    new_b64: np.ndarray,
-    out_axis: int,
-) -> LayerFold | str:
-    """Cast the float64 results back (``foldmath``'s refusals) into a LayerFold."""
-    new_w, why = _cast(new_w64, weight.dtype, w, out_axis)
-    if why:
-        return f"{layer.node.name}: {why}"
-    new_b, why = _cast(new_b64, weight.dtype, None)
-    if why:
-        return f"{layer.node.name}: {why}"
-    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
-    device = weight.device
-    return LayerFold(layer.node.name, layer.kind, new_w.to(device), new_b.to(device), target)
+    return cast_layer_fold(program, layer, weight, w, new_w64, new_b64, 1 - in_axis)

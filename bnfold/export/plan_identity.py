@@ -13,9 +13,8 @@ import torch
 from torch import fx
 
 from bnfold import patterns
-from bnfold.export.plan import LayerFold, layer_arrays, value_users
+from bnfold.export.plan import LayerFold, cast_layer_fold, layer_arrays, value_users
 from bnfold.export.program import Program, layer_of
-from bnfold.torch.layers import _cast
 
 aten = torch.ops.aten
 ADDS = {aten.add.Tensor, aten.add_.Tensor}
@@ -58,15 +57,9 @@ def plan_identity(
     if tap is None:
         return f"{other.name} is strided or does not keep the spatial size"
     new_w64, new_b64 = patterns.fold_identity_branch(w, bias, scale, shift, layer.groups, tap)
-    new_w, why = _cast(new_w64, weight.dtype, w, 0)
-    if why:
-        return f"{other.name}: {why}"
-    new_b, why = _cast(new_b64, weight.dtype, None)
-    if why:
-        return f"{other.name}: {why}"
-    target = program.target(layer.weight) if layer.weight.op == "placeholder" else None
-    device = weight.device
-    fold = LayerFold(other.name, "Conv", new_w.to(device), new_b.to(device), target)
+    fold = cast_layer_fold(program, layer, weight, w, new_w64, new_b64, 0)
+    if isinstance(fold, str):
+        return fold
     return fold, add.name, rest.name
 
 
