@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from support.export_models import TwoHeads  # noqa: E402
 from support.torch_helpers import prepared, statuses  # noqa: E402
 from support.torch_lookalikes import LinearNorm, TinyLevit  # noqa: E402
 from torch import nn  # noqa: E402
@@ -223,24 +224,9 @@ def test_chunk_and_attention_shapes_prove_a_consumer_fold() -> None:
     assert statuses(result) == {"stem.1": "folded", "bn": "folded"}
 
 
-class _TwoHeads(nn.Module):
-    """SwiftFormer's distillation head: one pooled BN read by two Linear heads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3)
-        self.norm = nn.BatchNorm2d(6)
-        self.head = nn.Linear(6, 4)
-        self.head_dist = nn.Linear(6, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(torch.relu(self.conv(x))).mean(dim=(2, 3))
-        return (self.head(y) + self.head_dist(y)) / 2
-
-
 @pytest.mark.parametrize("with_inputs", [True, False])
 def test_bn_read_by_two_consumers_folds_into_both(with_inputs: bool) -> None:
-    result = _check(prepared(_TwoHeads(), 21), torch.randn(2, 3, 6, 6), with_inputs)
+    result = _check(prepared(TwoHeads(), 21), torch.randn(2, 3, 6, 6), with_inputs)
     entry = result.report.batchnorms[0]
     assert entry.status == "folded"
     assert set(entry.into.split(", ")) == {"head", "head_dist"}
