@@ -20,7 +20,7 @@ from bnfold.errors import (
     OutputError,
     VerificationError,
 )
-from bnfold.onnx.io import lite, mapped, outputs, sniff, stream_save, validate
+from bnfold.onnx.io import lite, mapped, outputs, shield, sniff, stream_save, validate
 
 PROTOBUF_LIMIT = 2 * 1024**3
 EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 1024**2  # leave room for the graph itself
@@ -200,7 +200,16 @@ def save_model(
             tmp.mkdir()
         except OSError as err:
             raise OutputError(f"{folder}: cannot write there ({outputs.os_reason(err)})") from err
-        _write_and_commit(model, tmp, out, data_name, before_commit)
+        tmp_model = _write_checked(model, tmp, out, data_name, before_commit)
+        # Ctrl-C is held back until the output and its data are both in place and the
+        # replaced output's stale data is gone: never a model without its weights.
+        with shield.interrupts_deferred():
+            _commit(tmp, tmp_model, out, data_name)
+            keep = {(folder / data_name).resolve()} if data_name else set()
+            if not replaces_source:
+                keep |= sources
+            stale = outputs.owned_data_files(out, replaced)
+            outputs.remove_quietly(p for p in stale if p not in keep)
     except BnfoldError:
         raise
     except OSError as err:
@@ -211,10 +220,6 @@ def save_model(
         raise OutputError(f"{out}: write failed ({_one_line(err)}); nothing written") from err
     finally:
         _remove_tree(tmp)
-    keep = {(folder / data_name).resolve()} if data_name else set()
-    if not replaces_source:
-        keep |= sources
-    outputs.remove_quietly(p for p in outputs.owned_data_files(out, replaced) if p not in keep)
     return out
 
 
@@ -251,14 +256,14 @@ def check_output_path(out: Path, folder: Path) -> None:
         raise OutputError(f"{out}: output path is a directory")
 
 
-def _write_and_commit(
+def _write_checked(
     model: ir.Model,
     tmp: Path,
     out: Path,
     data_name: str | None,
     before_commit: Callable[[Path], None] | None,
-) -> None:
-    """Write into ``tmp``, flush, check, then rename into place (data first, model last)."""
+) -> Path:
+    """Write the model (and its data file) into ``tmp`` and run ``before_commit`` on it."""
     tmp_model = tmp / out.name
     if data_name is None:
         stream_save.write_inline(model, tmp_model)  # no full-model protobuf copy
@@ -277,16 +282,21 @@ def _write_and_commit(
                 f"{out}: not written: the check before writing failed "
                 f"({type(err).__name__}: {_one_line(err)})"
             ) from err
+    return tmp_model
+
+
+def _commit(tmp: Path, tmp_model: Path, out: Path, data_name: str | None) -> None:
+    """Rename the written files into place: the data file first, the model last."""
     if data_name is None:
         os.replace(tmp_model, out)
-    else:
-        data = out.parent / data_name  # a fresh name: no model reads it yet
-        os.replace(tmp / data_name, data)
-        try:
-            os.replace(tmp_model, out)
-        except BaseException:
-            outputs.remove_quietly([data])
-            raise
+        return
+    data = out.parent / data_name  # a fresh name: no model reads it yet
+    os.replace(tmp / data_name, data)
+    try:
+        os.replace(tmp_model, out)
+    except BaseException:
+        outputs.remove_quietly([data])
+        raise
 
 
 def same_file(a: Path, b: Path) -> bool:
