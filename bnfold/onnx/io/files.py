@@ -269,9 +269,6 @@ def _write_checked(
         stream_save.write_inline(model, tmp_model)  # no full-model protobuf copy
     else:
         ir.save(model, tmp_model, external_data=data_name)
-    # No fsync: os.replace is atomic against crashes and interrupts (never a partial file);
-    # a flush to disk would cost more than folding a 100 MB model. After a power loss the
-    # previous file (or none) is there, never a torn one on journaling file systems.
     if before_commit is not None:
         try:
             before_commit(tmp_model)
@@ -286,7 +283,12 @@ def _write_checked(
 
 
 def _commit(tmp: Path, tmp_model: Path, out: Path, data_name: str | None) -> None:
-    """Rename the written files into place: the data file first, the model last."""
+    """Rename the written files into place: the data file first, the model last.
+
+    No fsync: os.replace is atomic against crashes and interrupts (never a partial file);
+    a flush to disk would cost more than folding a 100 MB model. After a power loss the
+    previous file (or none) is there, never a torn one on journaling file systems.
+    """
     if data_name is None:
         os.replace(tmp_model, out)
         return

@@ -16,9 +16,11 @@ def interrupts_deferred() -> Iterator[None]:
     Python raises KeyboardInterrupt between any two bytecodes, so without this a Ctrl-C
     can land between two renames that only make sense together. The signal is re-raised
     under the previous handler when the block exits, whatever that handler is. Outside
-    the main thread (where handlers cannot be changed) the body runs unshielded.
+    the main thread (where handlers cannot be changed), or when the handler was not set
+    from Python (it could not be put back), the body runs unshielded.
     """
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
@@ -26,7 +28,7 @@ def interrupts_deferred() -> Iterator[None]:
     def note(signum: int, frame: Any) -> None:
         received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGINT, note)
     try:
         yield
     finally:
